@@ -1,0 +1,78 @@
+"""Shared helpers: run a Python snippet in a fresh interpreter, compile a C fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60,
+               cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a new interpreter (fresh forkguard state) and return the finished process."""
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(cwd or ROOT)])}
+    full_env.pop("FORKGUARD_STRICT_HOOKS", None)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=cwd or ROOT,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snippet failed with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_json(code: str, **kwargs: object) -> object:
+    """Run a snippet whose last stdout line is JSON; return it parsed."""
+    proc = run_python(code, **kwargs)  # type: ignore[arg-type]
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"snippet printed nothing; stderr:\n{proc.stderr}"
+    return json.loads(lines[-1])
+
+
+def compile_shared(source: str, out_dir: Path, name: str) -> Path:
+    """Compile C ``source`` into ``out_dir/lib<name>.so`` with gcc; fail the test if gcc fails."""
+    src = out_dir / f"{name}.c"
+    lib = out_dir / f"lib{name}.so"
+    src.write_text(textwrap.dedent(source))
+    proc = subprocess.run(["gcc", "-shared", "-fPIC", "-O1", "-pthread", "-o", str(lib), str(src)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"gcc failed:\n{proc.stderr}")
+    return lib
+
+
+# A child-side helper inlined in snippets: fork, run body in the child, send its JSON result back.
+FORK_HELPER = '''
+import json, os, sys, traceback
+
+def in_child(body, fork=os.fork):
+    """Fork with ``fork``, run ``body()`` in the child, return its JSON-able result in the parent."""
+    r, w = os.pipe()
+    pid = fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            out = {"ok": body()}
+        except BaseException:
+            out = {"error": traceback.format_exc()}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    result = json.loads(data)
+    if "error" in result:
+        raise AssertionError("child failed:\\n" + result["error"])
+    return result["ok"]
+'''
