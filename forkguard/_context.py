@@ -13,20 +13,24 @@ instant of ``fork()``, which no ``before`` hook running earlier could promise.
 
 from __future__ import annotations
 
+import _thread
 import itertools
-import threading
 import weakref
 
-_local = threading.local()
-_names: list[str] = []  # slot index -> context name
+# threading.local is _thread._local; importing threading itself would add its
+# own at-fork work to every fork of the process.
+_local = _thread._local()
+_names: dict[int, str] = {}  # slot index -> context name
 _contexts: dict[str, ActiveContext] = {}
+_indexes = itertools.count()
 # Every thread's counter list, by a never-reused key. A thread's list is dropped
 # when the thread ends with all counters at zero; a list still counting (the
 # thread died inside a context, or it is a fork child's inherited copy) stays
 # until the sum has been taken.
 _thread_counts: dict[int, list[int]] = {}
 _keys = itertools.count()
-_lock = threading.Lock()  # guards name and thread registration, never enter/exit
+# No lock anywhere: registration uses atomic dict operations and next() on a
+# counter, so nothing here can be left locked by a thread that a fork drops.
 
 
 class ActiveContext:
@@ -70,8 +74,7 @@ def _counts_for_this_thread(index: int) -> list[int]:
         counts = []
         key = next(_keys)
         token = _ThreadToken()
-        with _lock:
-            _thread_counts[key] = counts
+        _thread_counts[key] = counts
         _local.counts, _local.key, _local.token = counts, key, token
         weakref.finalize(token, _forget_thread, key).atexit = False
     if len(counts) <= index:
@@ -98,12 +101,11 @@ def _new_context(name: str) -> ActiveContext:
         raise TypeError(f"a forkguard context name must be a str, not {type(name).__name__}")
     if not name:
         raise ValueError("a forkguard context name must not be empty")
-    with _lock:
-        context = _contexts.get(name)
-        if context is None:
-            _names.append(name)
-            context = _contexts[name] = ActiveContext(name, len(_names) - 1)
-    return context
+    index = next(_indexes)
+    _names[index] = name
+    # Two threads may race to create the same name: setdefault keeps one, the
+    # loser's index stays unused.
+    return _contexts.setdefault(name, ActiveContext(name, index))
 
 
 def live_contexts() -> dict[str, int]:
@@ -123,9 +125,11 @@ def drop_inherited_threads() -> None:
     The forking thread's own counters stay: its ``with`` blocks are still open in
     the child and will exit there.
     """
-    global _lock
-    _lock = threading.Lock()  # another thread may have held it at the fork
+    if not _thread_counts:
+        return
     mine = getattr(_local, "counts", None)
-    _thread_counts.clear()
-    if mine is not None:
+    if mine is None:
+        _thread_counts.clear()
+    elif len(_thread_counts) > 1:
+        _thread_counts.clear()
         _thread_counts[_local.key] = mine

@@ -9,29 +9,31 @@ forked *late* (some context live in some thread: ``multiprocessing`` or
 
 from __future__ import annotations
 
-import logging
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from collections import namedtuple
 
-from . import _context
+from . import _context, _log
 from ._hooks import registry
 from ._process import check_fork
 
-LateForkPolicy = Literal["disable", "reset", "keep"]
+TYPE_CHECKING = False  # the typing module costs milliseconds at import; type checkers read this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Literal
+
+    LateForkPolicy = Literal["disable", "reset", "keep"]
+
 LATE_FORK_POLICIES: tuple[str, ...] = ("disable", "reset", "keep")
 
-log = logging.getLogger("forkguard")
 
+class FeatureChange(namedtuple("FeatureChange", "feature action reason")):
+    """What the last fork did to one feature in this child, and why.
 
-@dataclass(frozen=True)
-class FeatureChange:
-    """What the last fork did to one feature in this child, and why."""
+    ``feature`` is its name, ``action`` one of "kept", "disabled", "reset" or
+    "unchanged" (it was already off), ``reason`` a sentence.
+    """
 
-    feature: str
-    action: Literal["kept", "disabled", "reset", "unchanged"]
-    reason: str
+    __slots__ = ()
 
 
 class Feature:
@@ -98,16 +100,16 @@ class Feature:
         if not self._enabled:
             return FeatureChange(self.name, "unchanged", f"already disabled: {self.disabled_reason}"), None
         if not late:
-            log.debug("no active context, keeping %s enabled (early fork)", self.name)
+            _log.debug("no active context, keeping %s enabled (early fork)", self.name)
             return self._run_callback(self.on_early_fork, "on_early_fork", "kept", "early fork")
         if self.late_fork == "keep":
-            log.debug("active context detected (%s), keeping %s enabled as configured (late fork)",
+            _log.debug("active context detected (%s), keeping %s enabled as configured (late fork)",
                       live, self.name)
             return FeatureChange(self.name, "kept", f"late fork ({live}), late_fork='keep'"), None
         if self.late_fork == "reset":
-            log.debug("active context detected (%s), resetting %s (late fork)", live, self.name)
+            _log.debug("active context detected (%s), resetting %s (late fork)", live, self.name)
             return self._run_callback(self.on_late_fork or self.on_early_fork, "reset", "reset", f"late fork ({live})")
-        log.debug("active context detected (%s), disabling %s (late fork)", live, self.name)
+        _log.debug("active context detected (%s), disabling %s (late fork)", live, self.name)
         change, error = self._run_callback(self.on_late_fork, "on_late_fork", "disabled", f"late fork ({live})")
         self.disable(change.reason)
         return change, error
@@ -121,7 +123,7 @@ class Feature:
             reason = f"{reason}; {label} raised {type(error).__name__}: {error}"
             self.disable(reason)
             return FeatureChange(self.name, "disabled", reason), error
-        return FeatureChange(self.name, action, reason), None  # type: ignore[arg-type]
+        return FeatureChange(self.name, action, reason), None
 
 
 _features: list[weakref.ref[Feature]] = []

@@ -9,19 +9,22 @@ CPython does, so setup and teardown nest.
 
 from __future__ import annotations
 
+import _thread
 import itertools
-import logging
 import os
-import threading
 import weakref
-from collections.abc import Callable
-from typing import Literal
 
-Phase = Literal["before", "after_in_parent", "after_in_child"]
-PHASES: tuple[Phase, ...] = ("before", "after_in_parent", "after_in_child")
+from . import _log
+from ._process import current_pid
+
+TYPE_CHECKING = False  # the typing module costs milliseconds at import; type checkers read this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Literal
+
+    Phase = Literal["before", "after_in_parent", "after_in_child"]
+
 STRICT_ENV = "FORKGUARD_STRICT_HOOKS"
-
-log = logging.getLogger("forkguard")
 
 
 def parse_bool_env(name: str, default: bool = False) -> bool:
@@ -50,26 +53,26 @@ class Hook:
     def target(self, phase: Phase) -> Callable[[], object] | None:
         """The callable for ``phase``; None when absent or its object was collected."""
         ref = self._refs.get(phase)
-        return None if ref is None else ref()
+        return None if ref is None else _resolve(ref)
 
     def alive(self) -> bool:
         """False once every callable of this registration was garbage-collected."""
-        return any(ref() is not None for ref in self._refs.values())
+        return any(_resolve(ref) is not None for ref in self._refs.values())
 
     def holds(self, fn: Callable[..., object]) -> bool:
-        return any(ref() == fn for ref in self._refs.values())
+        return any(_resolve(ref) == fn for ref in self._refs.values())
 
     def unregister(self) -> None:
         """Remove this registration from every phase."""
         registry.remove(self)
 
     def __repr__(self) -> str:
-        names = ", ".join(f"{p}={_describe(r())}" for p, r in self._refs.items())
+        names = ", ".join(f"{p}={_describe(_resolve(r))}" for p, r in self._refs.items())
         return f"<forkguard.Hook {names} priority={self.priority}>"
 
 
-def _ref(fn: Callable[[], object]) -> Callable[[], Callable[[], object] | None]:
-    """A weak reference for bound methods (never keep their object alive), strong otherwise."""
+def _ref(fn: Callable[[], object]) -> Callable[[], object] | weakref.WeakMethod:
+    """A WeakMethod for bound methods (never keep their object alive), the callable itself otherwise."""
     if hasattr(fn, "__self__") and hasattr(fn, "__func__"):
         try:
             return weakref.WeakMethod(fn)  # type: ignore[arg-type]
@@ -78,7 +81,12 @@ def _ref(fn: Callable[[], object]) -> Callable[[], Callable[[], object] | None]:
                 f"forkguard.register: cannot hold {_describe(fn)} weakly ({type(fn.__self__).__name__} "
                 "objects take no weak references); add __weakref__ to its __slots__ or register a function"
             ) from None
-    return lambda: fn
+    return fn
+
+
+def _resolve(entry: Callable[[], object] | weakref.WeakMethod) -> Callable[[], object] | None:
+    """The callable behind a registry entry; None when its object was collected."""
+    return entry() if entry.__class__ is weakref.WeakMethod else entry  # type: ignore[return-value]
 
 
 def _describe(fn: object) -> str:
@@ -88,14 +96,36 @@ def _describe(fn: object) -> str:
 
 
 class Registry:
-    """Ordered hooks per phase, copy-on-write so a fork never sees a half-made list."""
+    """Ordered hooks per phase, copy-on-write so a fork never sees a half-made list.
+
+    Dispatch reads one precomputed tuple per phase: after a fork every object
+    Python touches costs a copy-on-write page fault, so the fork path touches
+    only that tuple and the callables in it.
+    """
 
     def __init__(self) -> None:
         self._hooks: tuple[Hook, ...] = ()
+        self.before: tuple[Callable[[], object] | weakref.WeakMethod, ...] = ()
+        self.after_in_parent: tuple[Callable[[], object] | weakref.WeakMethod, ...] = ()
+        self.after_in_child: tuple[Callable[[], object] | weakref.WeakMethod, ...] = ()
         self._seq = itertools.count()
-        self._lock = threading.Lock()
-        self.errors = 0  # hook exceptions in this process
+        self._lock = _thread.allocate_lock()
+        self._lock_pid = current_pid()
+        self._errors = (current_pid(), 0)
         self.strict = parse_bool_env(STRICT_ENV)
+
+    @property
+    def errors(self) -> int:
+        """Hook and callback exceptions logged in this process (not its parent)."""
+        pid, count = self._errors
+        return count if pid == current_pid() else 0
+
+    def _locked(self) -> _thread.LockType:
+        # Made anew in each process, on first use: a thread that is gone after
+        # the fork may have held the parent's copy.
+        if self._lock_pid != current_pid():
+            self._lock, self._lock_pid = _thread.allocate_lock(), current_pid()
+        return self._lock
 
     def add(self, callables: dict[Phase, Callable[[], object]], priority: int) -> Hook:
         for phase, fn in callables.items():
@@ -105,20 +135,27 @@ class Registry:
             raise ValueError("forkguard.register: give at least one of before=, after_in_parent=, after_in_child=")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise TypeError(f"forkguard.register: priority must be an int, got {type(priority).__name__}")
-        with self._lock:
-            hook = Hook(callables, priority, next(self._seq))
-            self._hooks = tuple(sorted((*self._hooks, hook), key=lambda h: (-h.priority, h._seq)))
+        hook = Hook(callables, priority, next(self._seq))
+        with self._locked():
+            self._publish(sorted((*self._hooks, hook), key=lambda h: (-h.priority, h._seq)))
         return hook
 
     def remove(self, item: Hook | Callable[..., object]) -> None:
-        with self._lock:
+        with self._locked():
             if isinstance(item, Hook):
-                kept = tuple(h for h in self._hooks if h is not item)
+                kept = [h for h in self._hooks if h is not item]
             else:
-                kept = tuple(h for h in self._hooks if not h.holds(item))
+                kept = [h for h in self._hooks if not h.holds(item)]
             if len(kept) == len(self._hooks):
                 raise ValueError(f"forkguard.unregister: {_describe(item)} is not registered")
-            self._hooks = kept
+            self._publish(kept)
+
+    def _publish(self, hooks: list[Hook]) -> None:
+        """Install a new hook list and its per-phase dispatch tuples (caller holds the lock)."""
+        self._hooks = tuple(h for h in hooks if h.alive())
+        for phase in ("after_in_parent", "after_in_child"):
+            setattr(self, phase, tuple(h._refs[phase] for h in self._hooks if phase in h._refs))
+        self.before = tuple(h._refs["before"] for h in reversed(self._hooks) if "before" in h._refs)
 
     def hooks(self) -> tuple[Hook, ...]:
         """All live registrations in after-fork order."""
@@ -130,22 +167,24 @@ class Registry:
         In strict mode (``FORKGUARD_STRICT_HOOKS=1``) the first error is re-raised
         once all hooks have run.
         """
-        hooks = self._hooks if phase != "before" else reversed(self._hooks)
-        label = f"{phase} hook"
         first_error: Exception | None = None
         collected = False
-        for hook in hooks:
-            ref = hook._refs.get(phase)
-            if ref is None:
-                continue
-            fn = ref()
-            if fn is None:
-                collected = True
-                continue
-            error = self.call_guarded(label, fn)
-            first_error = first_error or error
+        for entry in getattr(self, phase):
+            if entry.__class__ is weakref.WeakMethod:
+                fn = entry()
+                if fn is None:
+                    collected = True
+                    continue
+            else:
+                fn = entry
+            try:
+                fn()
+            except Exception as exc:
+                self.hook_failed(f"{phase} hook", fn)
+                first_error = first_error or exc
         if collected:
-            self._prune()
+            with self._locked():
+                self._publish(list(self._hooks))
         self.raise_if_strict(first_error)
 
     def call_guarded(self, what: str, fn: Callable[[], object]) -> Exception | None:
@@ -153,24 +192,19 @@ class Registry:
         try:
             fn()
         except Exception as exc:
-            self.errors += 1
-            log.error("%s %s raised", what, _describe(fn), exc_info=True)
+            self.hook_failed(what, fn)
             return exc
         return None
+
+    def hook_failed(self, what: str, fn: Callable[[], object]) -> None:
+        """Log the exception being handled, with its traceback, and count it for this process."""
+        self._errors = (current_pid(), self.errors + 1)
+        _log.error_with_traceback("%s %s raised", what, _describe(fn))
 
     def raise_if_strict(self, error: Exception | None) -> None:
         """Re-raise a hook's error in strict mode (FORKGUARD_STRICT_HOOKS=1), for test suites."""
         if error is not None and self.strict:
             raise error
-
-    def _prune(self) -> None:
-        with self._lock:
-            self._hooks = tuple(h for h in self._hooks if h.alive())
-
-    def after_fork_in_child(self) -> None:
-        """Reset per-process state: the lock may have been held by a thread that is gone."""
-        self._lock = threading.Lock()
-        self.errors = 0
 
 
 registry = Registry()

@@ -42,35 +42,60 @@ _page = _wipe_on_fork_page()
 _pid = os.getpid()
 # Claimed pids: setdefault on a dict is atomic, so when two threads of a freshly
 # forked child both notice the fork, exactly one runs the child hooks.
-_claims: dict[int, object] = {_pid: object()}
+# Claims, keyed by (pid, pid of the process last seen): setdefault on a dict is
+# atomic, so when two threads of a libc-forked child both notice the fork,
+# exactly one runs the child step. The parent's pid in the key means a
+# descendant that recycles a dead ancestor's pid is still seen as new.
+_claims: dict[tuple[int, int], object] = {}
 _handler: Callable[[str, int], None] | None = None
 
 DETECTION = "madv_wipeonfork" if _page is not None else "getpid"
 
 
 def set_new_process_handler(handler: Callable[[str, int], None]) -> None:
-    """Install ``handler(via, parent_pid)``, run once in each new process."""
+    """Install ``handler(via, parent_pid)``, run once in each new process found by check_fork."""
     global _handler
     _handler = handler
 
 
-def new_process_detected(via: str) -> bool:
-    """Claim this process as new and run the handler; False if already claimed."""
+def _adopt(pid: int) -> int:
+    """Make ``pid`` this process's identity; return the pid it replaces (the parent's)."""
     global _pid
-    pid = os.getpid()
-    token = object()
-    if _claims.setdefault(pid, token) is not token:
-        return False
-    for old in [p for p in _claims if p != pid]:
-        # Only this pid matters from now on; dropping inherited pids means a
-        # descendant that recycles a dead ancestor's pid is still seen as new.
-        _claims.pop(old, None)
     parent_pid, _pid = _pid, pid
     if _page is not None:
         _page[0] = 1
+    return parent_pid
+
+
+def new_process_detected(via: str) -> bool:
+    """Claim this process as new and run the handler; False if another thread claimed it first."""
+    pid = os.getpid()
+    token = object()
+    if _claims.setdefault((pid, _pid), token) is not token:
+        return False
+    parent_pid = _adopt(pid)
     if _handler is not None:
         _handler(via, parent_pid)
     return True
+
+
+def adopt_after_os_fork() -> int | None:
+    """In CPython's ``after_in_child`` hook: adopt the new pid, return the parent's.
+
+    Only the forking thread exists at that point, so no claim is needed. None
+    when an earlier at-fork hook already ran check_fork() in this child.
+    """
+    global _pid
+    if _page is not None and _page[0]:
+        return None
+    pid = os.getpid()
+    if pid == _pid:
+        return None
+    # _adopt() inlined: each Python call made in a fresh child costs page faults.
+    parent_pid, _pid = _pid, pid
+    if _page is not None:
+        _page[0] = 1
+    return parent_pid
 
 
 if _page is not None:

@@ -10,75 +10,93 @@ each feature's policy, then the user's ``after_in_child`` hooks.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar
+from collections import namedtuple
 
 from . import _context, _features, _process
-from ._features import FeatureChange
 from ._hooks import Hook, registry
 
-F = TypeVar("F", bound=Callable[[], object])
+TYPE_CHECKING = False  # the typing module costs milliseconds at import; type checkers read this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    F = TypeVar("F", bound=Callable[[], object])
 
 
-@dataclass(frozen=True)
-class ForkInfo:
-    """Where this process stands in forkguard's view of the fork tree."""
+class ForkInfo(
+    namedtuple(
+        "ForkInfo",
+        "pid parent_pid generation is_child kind live_contexts detected_by feature_changes hook_errors",
+        defaults=(None, None, (), 0),
+    )
+):
+    """Where this process stands in forkguard's view of the fork tree.
 
-    pid: int
-    #: pid of the process this one was forked from (None in the process that imported forkguard)
-    parent_pid: int | None
-    #: fork depth below the process that imported forkguard (0 there)
-    generation: int
-    is_child: bool
-    #: "early" (no context was live at the fork), "late", or None when not a fork child
-    kind: Literal["early", "late"] | None
-    #: contexts live (name -> count, over all threads) at the instant of the fork
-    live_contexts: dict[str, int] = field(default_factory=dict)
-    #: how the fork was noticed: "os.fork" (CPython's at-fork hook) or "check_fork" (a libc-level fork)
-    detected_by: str | None = None
-    feature_changes: tuple[FeatureChange, ...] = ()
-    #: hook and feature-callback exceptions logged in this process
-    hook_errors: int = 0
+    - ``pid``; ``parent_pid``: the process it was forked from (None in the
+      process that imported forkguard);
+    - ``generation``: fork depth below the process that imported forkguard (0 there);
+    - ``is_child``; ``kind``: "early" (no context live at the fork), "late", or None;
+    - ``live_contexts``: {name: count} over all threads at the instant of the fork;
+    - ``detected_by``: "os.fork" (CPython's at-fork hook) or "check_fork" (a libc-level fork);
+    - ``feature_changes``: a :class:`FeatureChange` per feature;
+    - ``hook_errors``: hook and feature-callback exceptions logged in this process.
+    """
+
+    __slots__ = ()
 
 
-_info = ForkInfo(pid=os.getpid(), parent_pid=None, generation=0, is_child=False, kind=None)
+# What the child step learned: [generation, parent_pid, detected_by, live_contexts,
+# feature_changes]. One list written once per new process: after a fork every
+# object Python writes costs a copy-on-write page fault, so the child step writes
+# few objects and ForkInfo is only built when asked for.
+_NO_CONTEXTS: dict[str, int] = {}
+_state: list = [0, None, None, _NO_CONTEXTS, ()]
 
 
 def _child_step(via: str, parent_pid: int) -> None:
-    """Run once in each new process: decide the fork kind, apply features, run child hooks."""
-    global _info
-    registry.after_fork_in_child()
-    live = _context.live_contexts()
-    _context.drop_inherited_threads()
-    _info = ForkInfo(
-        pid=os.getpid(),
-        parent_pid=parent_pid,
-        generation=_info.generation + 1,
-        is_child=True,
-        kind="late" if live else "early",
-        live_contexts=live,
-        detected_by=via,
-    )
-    changes, feature_error = _features.apply_fork_policies(live)
-    _info = replace(_info, feature_changes=changes)
-    registry.run("after_in_child")
-    registry.raise_if_strict(feature_error)
+    """Run once in each new process: decide the fork kind, apply features, run child hooks.
+
+    Every function called and object written here costs copy-on-write page
+    faults in each child, so empty phases are skipped before any call.
+    """
+    if _context._thread_counts:
+        live = _context.live_contexts()
+        _context.drop_inherited_threads()
+    else:
+        live = _NO_CONTEXTS
+    state = _state
+    state[0] += 1
+    state[1], state[2], state[3], state[4] = parent_pid, via, live, ()
+    feature_error = None
+    if _features._features:
+        state[4], feature_error = _features.apply_fork_policies(live)
+    if registry.after_in_child:
+        registry.run("after_in_child")
+    if feature_error is not None:
+        registry.raise_if_strict(feature_error)
 
 
 def _before_fork() -> None:
-    _process.check_fork()  # a libc-forked process must settle its own identity before forking again
-    registry.run("before")
+    _process.check_fork()  # a libc-forked process settles its own identity before forking again
+    if registry.before:
+        registry.run("before")
 
 
 def _after_fork_in_child() -> None:
-    _process.new_process_detected("os.fork")
+    parent_pid = _process.adopt_after_os_fork()
+    if parent_pid is not None:
+        _child_step("os.fork", parent_pid)
+
+
+def _after_fork_in_parent() -> None:
+    if registry.after_in_parent:
+        registry.run("after_in_parent")
 
 
 _process.set_new_process_handler(_child_step)
 os.register_at_fork(
     before=_before_fork,
-    after_in_parent=lambda: registry.run("after_in_parent"),
+    after_in_parent=_after_fork_in_parent,
     after_in_child=_after_fork_in_child,
 )
 
@@ -86,7 +104,18 @@ os.register_at_fork(
 def fork_info() -> ForkInfo:
     """This process's fork record: generation, parent, early or late, what changed and why."""
     _process.check_fork()
-    return replace(_info, hook_errors=registry.errors)
+    generation, parent_pid, via, live, changes = _state
+    return ForkInfo(
+        pid=_process.current_pid(),
+        parent_pid=parent_pid,
+        generation=generation,
+        is_child=generation > 0,
+        kind=("late" if live else "early") if generation else None,
+        live_contexts=dict(live),
+        detected_by=via,
+        feature_changes=changes,
+        hook_errors=registry.errors,
+    )
 
 
 def register(
