@@ -1,0 +1,51 @@
+"""The project's own promises: README commands match CI, the CLI answers, the example runs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT, run_python
+
+
+def readme_commands() -> list[str]:
+    """The shell commands in README.md's fenced ``sh`` blocks, in order."""
+    return re.findall(r"```sh\n(.+?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_opens_with_install_and_test_commands_and_ci_runs_the_test_command():
+    install, test = readme_commands()[:2]
+    assert "pip install" in install and "examples/" in install
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test in ci_lines, f"{test!r} is not run verbatim by .ci/run"
+    assert ci_lines[-1] == test, ".ci/run must end with README's test command (its exit code is CI's)"
+
+
+def test_cli_version_help_and_module_entry_point():
+    import forkguard
+
+    version = subprocess.run([sys.executable, "-m", "forkguard", "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.strip() == f"forkguard {forkguard.__version__}"
+    bare = subprocess.run([sys.executable, "-m", "forkguard"], capture_output=True, text=True)
+    assert bare.returncode == 2 and "usage: forkguard" in bare.stderr
+    unknown = subprocess.run([sys.executable, "-m", "forkguard", "frobnicate"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "invalid choice" in unknown.stderr
+
+
+def test_example_shows_early_late_and_libc_forks():
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "early_late.py")],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"generation 1, early fork, seen by os.fork, live contexts \{\}: native is enabled", out)
+    assert re.search(r"late fork, seen by os.fork, live contexts \{'native': 1\}: native is disabled", out)
+    assert re.search(r"early fork, seen by check_fork, .*native is enabled", out)
+    assert "on_late_fork: dropping inherited native state" in out
+    assert out.strip().endswith("native is still enabled")
+
+
+def test_readme_libc_fork_snippet_runs():
+    snippet = re.search(r"```python\nimport ctypes, os, forkguard\n(.+?)```", (ROOT / "README.md").read_text(), re.S)
+    assert snippet, "README lost its check_fork example"
+    run_python("import ctypes, os, forkguard\n" + snippet.group(1))
