@@ -16,7 +16,7 @@ from . import _context, _log
 from ._hooks import registry
 from ._process import check_fork
 
-TYPE_CHECKING = False  # the typing module costs milliseconds at import; type checkers read this as usual
+TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Literal

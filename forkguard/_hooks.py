@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import _thread
 import itertools
-import os
 import weakref
 
-from . import _log
+from . import _env, _log
 from ._process import current_pid
 
-TYPE_CHECKING = False  # the typing module costs milliseconds at import; type checkers read this as usual
+TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Literal
@@ -25,19 +24,6 @@ if TYPE_CHECKING:
     Phase = Literal["before", "after_in_parent", "after_in_child"]
 
 STRICT_ENV = "FORKGUARD_STRICT_HOOKS"
-
-
-def parse_bool_env(name: str, default: bool = False) -> bool:
-    """Read a boolean FORKGUARD_* variable; raise ValueError naming it when unreadable."""
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={raw!r} is not a boolean: set it to 1 or 0")
 
 
 class Hook:
@@ -112,7 +98,7 @@ class Registry:
         self._lock = _thread.allocate_lock()
         self._lock_pid = current_pid()
         self._errors = (current_pid(), 0)
-        self.strict = parse_bool_env(STRICT_ENV)
+        self.strict = _env.read_bool(STRICT_ENV)
 
     @property
     def errors(self) -> int:

@@ -8,15 +8,21 @@ The check must cost next to nothing, and ``os.getpid()`` is a real syscall
 (hundreds of ns in a VM). Instead we keep one private anonymous page marked
 ``MADV_WIPEONFORK``: the kernel hands every child a zero-filled copy of it, so
 "the byte is 0" means "this process has not been seen yet". Where the kernel
-refuses the advice (before Linux 4.14, other systems), we fall back to
-comparing a cached pid.
+refuses the advice (before Linux 4.14, other systems), or where
+``FORKGUARD_FORK_DETECTION=getpid`` asks for it (a sandbox whose fork emulation
+ignores the advice), we compare a cached pid instead.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable
+
+from . import _env
+
+TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 # include/uapi/asm-generic/mman-common.h; Python 3.11's mmap module lacks the name.
 MADV_WIPEONFORK = 18
@@ -38,7 +44,8 @@ def _wipe_on_fork_page() -> mmap.mmap | None:
     return page
 
 
-_page = _wipe_on_fork_page()
+DETECTION_ENV = "FORKGUARD_FORK_DETECTION"
+_page = _wipe_on_fork_page() if _env.read_choice(DETECTION_ENV, ("auto", "getpid")) == "auto" else None
 _pid = os.getpid()
 # Claimed pids: setdefault on a dict is atomic, so when two threads of a freshly
 # forked child both notice the fork, exactly one runs the child hooks.

@@ -15,7 +15,7 @@ from collections import namedtuple
 from . import _context, _features, _process
 from ._hooks import Hook, registry
 
-TYPE_CHECKING = False  # the typing module costs milliseconds at import; type checkers read this as usual
+TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import TypeVar

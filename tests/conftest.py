@@ -18,7 +18,8 @@ def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float =
                cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a new interpreter (fresh forkguard state) and return the finished process."""
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(cwd or ROOT)])}
-    full_env.pop("FORKGUARD_STRICT_HOOKS", None)
+    for name in [n for n in full_env if n.startswith("FORKGUARD_") and n != "FORKGUARD_REQUIRE_BPF"]:
+        full_env.pop(name)
     full_env.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],

@@ -147,10 +147,14 @@ print(json.dumps({"libc": libc, "python": python}))
     assert out["python"]["ran"] == ["other"]
 
 
-def test_bad_strict_env_value_is_refused_in_one_line():
-    proc = run_python("import forkguard", env={"FORKGUARD_STRICT_HOOKS": "maybe"}, check=False)
+@pytest.mark.parametrize("name, value, error", [
+    ("FORKGUARD_STRICT_HOOKS", "maybe", "FORKGUARD_STRICT_HOOKS='maybe' is not a boolean: set it to 1 or 0"),
+    ("FORKGUARD_FORK_DETECTION", "pidfd", "FORKGUARD_FORK_DETECTION='pidfd' is not one of auto, getpid"),
+])
+def test_bad_env_value_is_refused_in_one_line(name, value, error):
+    proc = run_python("import forkguard", env={name: value}, check=False)
     assert proc.returncode != 0
-    assert "FORKGUARD_STRICT_HOOKS='maybe' is not a boolean" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"ValueError: {error}"
 
 
 @pytest.mark.parametrize("kwargs, error", [
@@ -172,9 +176,11 @@ print(json.dumps({{"msg": msg, "hooks": len(forkguard.registered_hooks())}}))
     assert out["hooks"] == 0
 
 
-def test_libc_fork_through_ctypes_is_caught_by_check_fork_exactly_once():
+@pytest.mark.parametrize("detection", ["auto", "getpid"])
+def test_libc_fork_through_ctypes_is_caught_by_check_fork_exactly_once(detection):
     out = run_json(FORK_HELPER + '''
 import ctypes, forkguard
+from forkguard import _process
 calls = []
 forkguard.register(after_in_child=lambda: calls.append(os.getpid()))
 def body():
@@ -185,8 +191,10 @@ def body():
     return {"before": before, "first": first, "second": second, "calls": calls, "pid": os.getpid(),
             "generation": info.generation, "detected_by": info.detected_by, "parent_pid": info.parent_pid}
 child = in_child(body, fork=ctypes.CDLL(None).fork)
-print(json.dumps({"child": child, "parent_pid": os.getpid(), "parent_check": forkguard.check_fork()}))
-''')
+print(json.dumps({"child": child, "parent_pid": os.getpid(), "parent_check": forkguard.check_fork(),
+                  "detection": _process.DETECTION}))
+''', env={"FORKGUARD_FORK_DETECTION": detection})
+    assert out["detection"] == {"auto": "madv_wipeonfork", "getpid": "getpid"}[detection]
     child = out["child"]
     assert child["before"] == []
     assert (child["first"], child["second"]) == (True, False)
@@ -206,7 +214,8 @@ print(json.dumps(in_child(lambda: [forkguard.check_fork(), forkguard.fork_info()
     assert out == [False, "os.fork", ["child"]]
 
 
-def test_nested_forks_count_generations():
+@pytest.mark.parametrize("detection", ["auto", "getpid"])
+def test_nested_forks_count_generations(detection):
     out = run_json(FORK_HELPER + '''
 import ctypes, forkguard
 def grandchild():
@@ -217,7 +226,7 @@ def child():
             "grandchild": in_child(grandchild), "libc_grandchild": in_child(grandchild, fork=ctypes.CDLL(None).fork)}
 root = forkguard.fork_info()
 print(json.dumps({"root": [root.generation, root.is_child, root.parent_pid], "child": in_child(child)}))
-''')
+''', env={"FORKGUARD_FORK_DETECTION": detection})
     assert out["root"] == [0, False, None]
     child = out["child"]
     assert child["gen"] == 1
