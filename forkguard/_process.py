@@ -47,8 +47,6 @@ def _wipe_on_fork_page() -> mmap.mmap | None:
 DETECTION_ENV = "FORKGUARD_FORK_DETECTION"
 _page = _wipe_on_fork_page() if _env.read_choice(DETECTION_ENV, ("auto", "getpid")) == "auto" else None
 _pid = os.getpid()
-# Claimed pids: setdefault on a dict is atomic, so when two threads of a freshly
-# forked child both notice the fork, exactly one runs the child hooks.
 # Claims, keyed by (pid, pid of the process last seen): setdefault on a dict is
 # atomic, so when two threads of a libc-forked child both notice the fork,
 # exactly one runs the child step. The parent's pid in the key means a
@@ -74,15 +72,15 @@ def _adopt(pid: int) -> int:
     return parent_pid
 
 
-def new_process_detected(via: str) -> bool:
-    """Claim this process as new and run the handler; False if another thread claimed it first."""
+def _new_process_detected() -> bool:
+    """check_fork() found a new process: claim it and run the handler; False if another thread won."""
     pid = os.getpid()
     token = object()
     if _claims.setdefault((pid, _pid), token) is not token:
         return False
     parent_pid = _adopt(pid)
     if _handler is not None:
-        _handler(via, parent_pid)
+        _handler("check_fork", parent_pid)
     return True
 
 
@@ -92,17 +90,10 @@ def adopt_after_os_fork() -> int | None:
     Only the forking thread exists at that point, so no claim is needed. None
     when an earlier at-fork hook already ran check_fork() in this child.
     """
-    global _pid
     if _page is not None and _page[0]:
         return None
     pid = os.getpid()
-    if pid == _pid:
-        return None
-    # _adopt() inlined: each Python call made in a fresh child costs page faults.
-    parent_pid, _pid = _pid, pid
-    if _page is not None:
-        _page[0] = 1
-    return parent_pid
+    return None if pid == _pid else _adopt(pid)
 
 
 if _page is not None:
@@ -115,7 +106,7 @@ if _page is not None:
         """
         if _page[0]:
             return False
-        return new_process_detected("check_fork")
+        return _new_process_detected()
 
 else:
 
@@ -126,7 +117,7 @@ else:
         """
         if os.getpid() == _pid:
             return False
-        return new_process_detected("check_fork")
+        return _new_process_detected()
 
 
 def current_pid() -> int:

@@ -51,6 +51,8 @@ def one(): calls.append("one")
 def two(): calls.append("two")
 def three(): calls.append("three")
 handle = forkguard.register(after_in_child=one, after_in_parent=one)
+assert handle.target("after_in_child") is one and handle.target("before") is None
+assert forkguard.registered_hooks() == (handle,)
 forkguard.register(after_in_child=two)
 forkguard.register(after_in_child=three)
 handle.unregister()
