@@ -4,9 +4,11 @@ Importing it registers one set of at-fork hooks and nothing else: no
 third-party import, no thread. See README.md for the guide.
 """
 
+from . import _policy
 from ._context import ActiveContext, active, live_contexts
 from ._features import Feature, FeatureChange, features
 from ._hooks import Hook
+from ._policy import exit_mode, fork_mode, set_exit_mode, set_fork_mode
 from ._process import check_fork
 from ._runtime import (
     ForkInfo,
@@ -21,6 +23,11 @@ from ._runtime import (
 
 __version__ = "0.1.0"
 
+# FORKGUARD_FORK_MODE and friends (nothing happens when they are unset); not in
+# the forkguard command's own process, whose job is to pass them on.
+if not _policy.running_forkguard_cli():
+    _policy.apply_environment()
+
 __all__ = [
     "ActiveContext",
     "Feature",
@@ -33,10 +40,14 @@ __all__ = [
     "after_fork_in_parent",
     "before_fork",
     "check_fork",
+    "exit_mode",
     "features",
     "fork_info",
+    "fork_mode",
     "live_contexts",
     "register",
     "registered_hooks",
+    "set_exit_mode",
+    "set_fork_mode",
     "unregister",
 ]

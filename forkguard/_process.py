@@ -47,29 +47,29 @@ def _wipe_on_fork_page() -> mmap.mmap | None:
 DETECTION_ENV = "FORKGUARD_FORK_DETECTION"
 _page = _wipe_on_fork_page() if _env.read_choice(DETECTION_ENV, ("auto", "getpid")) == "auto" else None
 _pid = os.getpid()
+_parent_pid: int | None = None  # the process this one was forked from, once a fork is seen
 # Claims, keyed by (pid, pid of the process last seen): setdefault on a dict is
 # atomic, so when two threads of a libc-forked child both notice the fork,
 # exactly one runs the child step. The parent's pid in the key means a
 # descendant that recycles a dead ancestor's pid is still seen as new.
 _claims: dict[tuple[int, int], object] = {}
-_handler: Callable[[str, int], None] | None = None
+_handler: Callable[[str], None] | None = None
 
 DETECTION = "madv_wipeonfork" if _page is not None else "getpid"
 
 
-def set_new_process_handler(handler: Callable[[str, int], None]) -> None:
-    """Install ``handler(via, parent_pid)``, run once in each new process found by check_fork."""
+def set_new_process_handler(handler: Callable[[str], None]) -> None:
+    """Install ``handler("check_fork")``, run once in each new process that check_fork() finds."""
     global _handler
     _handler = handler
 
 
-def _adopt(pid: int) -> int:
-    """Make ``pid`` this process's identity; return the pid it replaces (the parent's)."""
-    global _pid
-    parent_pid, _pid = _pid, pid
+def _adopt(pid: int) -> None:
+    """Make ``pid`` this process's identity; the pid it replaces is its parent's."""
+    global _pid, _parent_pid
+    _parent_pid, _pid = _pid, pid
     if _page is not None:
         _page[0] = 1
-    return parent_pid
 
 
 def _new_process_detected() -> bool:
@@ -78,22 +78,25 @@ def _new_process_detected() -> bool:
     token = object()
     if _claims.setdefault((pid, _pid), token) is not token:
         return False
-    parent_pid = _adopt(pid)
+    _adopt(pid)
     if _handler is not None:
-        _handler("check_fork", parent_pid)
+        _handler("check_fork")
     return True
 
 
-def adopt_after_os_fork() -> int | None:
-    """In CPython's ``after_in_child`` hook: adopt the new pid, return the parent's.
+def adopt_after_os_fork() -> bool:
+    """In CPython's ``after_in_child`` hook: adopt the new pid; False if already done.
 
-    Only the forking thread exists at that point, so no claim is needed. None
-    when an earlier at-fork hook already ran check_fork() in this child.
+    Only the forking thread exists at that point, so no claim is needed. An
+    earlier at-fork hook may already have called check_fork() in this child.
     """
     if _page is not None and _page[0]:
-        return None
+        return False
     pid = os.getpid()
-    return None if pid == _pid else _adopt(pid)
+    if pid == _pid:
+        return False
+    _adopt(pid)
+    return True
 
 
 if _page is not None:
@@ -123,3 +126,8 @@ else:
 def current_pid() -> int:
     """The pid of the process forkguard last saw (cached; no syscall)."""
     return _pid
+
+
+def parent_pid() -> int | None:
+    """The pid this process was forked from; None in the process that imported forkguard."""
+    return _parent_pid

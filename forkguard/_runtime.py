@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections import namedtuple
 
-from . import _context, _features, _process
+from . import _context, _features, _policy, _process
 from ._hooks import Hook, registry
 
 TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 class ForkInfo(
     namedtuple(
         "ForkInfo",
-        "pid parent_pid generation is_child kind live_contexts detected_by feature_changes hook_errors",
-        defaults=(None, None, (), 0),
+        "pid parent_pid generation is_child kind live_contexts detected_by feature_changes hook_errors"
+        " fork_mode exit_mode fork_warnings",
+        defaults=(None, None, (), 0, "allow", "none", 0),
     )
 ):
     """Where this process stands in forkguard's view of the fork tree.
@@ -39,21 +40,23 @@ class ForkInfo(
     - ``live_contexts``: {name: count} over all threads at the instant of the fork;
     - ``detected_by``: "os.fork" (CPython's at-fork hook) or "check_fork" (a libc-level fork);
     - ``feature_changes``: a :class:`FeatureChange` per feature;
-    - ``hook_errors``: hook and feature-callback exceptions logged in this process.
+    - ``hook_errors``: hook and feature-callback exceptions logged in this process;
+    - ``fork_mode``, ``exit_mode``: the policies in force (see :func:`set_fork_mode`);
+    - ``fork_warnings``: forks this process made under the ``warn`` fork mode.
     """
 
     __slots__ = ()
 
 
-# What the child step learned: [generation, parent_pid, detected_by, live_contexts,
+# What the child step learned: [generation, detected_by, live_contexts,
 # feature_changes]. One list written once per new process: after a fork every
-# object Python writes costs a copy-on-write page fault, so the child step writes
-# few objects and ForkInfo is only built when asked for.
+# object Python writes costs a copy-on-write page fault, so the child step
+# writes few objects and ForkInfo is only built when asked for.
 _NO_CONTEXTS: dict[str, int] = {}
-_state: list = [0, None, None, _NO_CONTEXTS, ()]
+_state: list = [0, None, _NO_CONTEXTS, ()]
 
 
-def _child_step(via: str, parent_pid: int) -> None:
+def _child_step(via: str) -> None:
     """Run once in each new process: decide the fork kind, apply features, run child hooks.
 
     Every function called and object written here costs copy-on-write page
@@ -66,10 +69,10 @@ def _child_step(via: str, parent_pid: int) -> None:
         live = _NO_CONTEXTS
     state = _state
     state[0] += 1
-    state[1], state[2], state[3], state[4] = parent_pid, via, live, ()
+    state[1], state[2], state[3] = via, live, ()
     feature_error = None
     if _features._features:
-        state[4], feature_error = _features.apply_fork_policies(live)
+        state[3], feature_error = _features.apply_fork_policies(live)
     if registry.after_in_child:
         registry.run("after_in_child")
     if feature_error is not None:
@@ -83,9 +86,8 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    parent_pid = _process.adopt_after_os_fork()
-    if parent_pid is not None:
-        _child_step("os.fork", parent_pid)
+    if _process.adopt_after_os_fork():
+        _child_step("os.fork")
 
 
 def _after_fork_in_parent() -> None:
@@ -104,10 +106,10 @@ os.register_at_fork(
 def fork_info() -> ForkInfo:
     """This process's fork record: generation, parent, early or late, what changed and why."""
     _process.check_fork()
-    generation, parent_pid, via, live, changes = _state
+    generation, via, live, changes = _state
     return ForkInfo(
         pid=_process.current_pid(),
-        parent_pid=parent_pid,
+        parent_pid=_process.parent_pid(),
         generation=generation,
         is_child=generation > 0,
         kind=("late" if live else "early") if generation else None,
@@ -115,6 +117,9 @@ def fork_info() -> ForkInfo:
         detected_by=via,
         feature_changes=changes,
         hook_errors=registry.errors,
+        fork_mode=_policy.fork_mode()["mode"],
+        exit_mode=_policy.exit_mode()["mode"],
+        fork_warnings=_policy.fork_warnings(),
     )
 
 

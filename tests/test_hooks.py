@@ -150,7 +150,7 @@ print(json.dumps({"libc": libc, "python": python}))
 
 
 @pytest.mark.parametrize("name, value, error", [
-    ("FORKGUARD_STRICT_HOOKS", "maybe", "FORKGUARD_STRICT_HOOKS='maybe' is not a boolean: set it to 1 or 0"),
+    ("FORKGUARD_STRICT_HOOKS", "maybe", "FORKGUARD_STRICT_HOOKS='maybe' is not a boolean: use 1 or 0"),
     ("FORKGUARD_FORK_DETECTION", "pidfd", "FORKGUARD_FORK_DETECTION='pidfd' is not one of auto, getpid"),
 ])
 def test_bad_env_value_is_refused_in_one_line(name, value, error):

@@ -31,7 +31,10 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int: ...
 
 
-COMMANDS: list[Command] = []
+def _commands() -> list[Command]:
+    from .run import RunCommand
+
+    return [RunCommand()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"forkguard {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in COMMANDS:
+    for command in _commands():
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.prepare_parser(sub)
         sub.set_defaults(_command=command)
