@@ -65,7 +65,7 @@ class _ExitPolicy:
         self.timeout: float | None = None
         self.descendants = False
         self.pdeathsig = 0
-        self.registered = False
+        self.registered: object = None  # the before-fork hook that keeps the atexit handler first
         self.previous_sigterm: object = None
         self.pdeathsig_hook = None
         self.prctl = None
@@ -240,12 +240,16 @@ def _warn_before_fork() -> None:
                  "".join(traceback.format_list(frames)).rstrip())
 
 
-# Process creation that execs at once, denied only with deny_exec=True. The
-# subprocess module calls _posixsubprocess.fork_exec through the module attribute.
+# Process creation that execs at once, denied only with deny_exec=True.
 def _exec_targets() -> list[tuple[object, str]]:
     import _posixsubprocess
 
-    return [(_posixsubprocess, "fork_exec"), (os, "posix_spawn"), (os, "posix_spawnp"), (os, "system")]
+    targets = [(_posixsubprocess, "fork_exec"), (os, "posix_spawn"), (os, "posix_spawnp"), (os, "system")]
+    if "subprocess" in sys.modules:
+        # subprocess binds `from _posixsubprocess import fork_exec` at its import;
+        # a later import picks up the patched module attribute instead.
+        targets.append((sys.modules["subprocess"], "_fork_exec"))
+    return targets
 
 
 def _install_exec_guards(on: bool) -> None:
@@ -296,10 +300,8 @@ def set_exit_mode(
     if descendants:
         _prctl()(PR_SET_CHILD_SUBREAPER, 1)
     if mode != "none" and not _exit.registered:
-        import atexit
-
-        atexit.register(_run_exit_mode)
-        _exit.registered = True
+        _exit.registered = registry.add({"before": _run_exit_mode_first}, priority=2**31)
+        _run_exit_mode_first()
     _exit.pdeathsig = death_signal
     if death_signal and _exit.pdeathsig_hook is None:
         _prctl()  # load libc in the parent, not in every child
@@ -380,6 +382,19 @@ def _on_sigterm(signum: int, frame: object) -> None:
     _run_exit_mode()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_exit_mode_first() -> None:
+    """(Re-)register the exit handler so it runs before every atexit handler registered earlier.
+
+    atexit runs the last registered first. multiprocessing's handler joins its
+    children, which would wait forever for children this mode is to kill, so
+    before each fork (a child is about to exist) ours moves to the front.
+    """
+    import atexit
+
+    atexit.unregister(_run_exit_mode)
+    atexit.register(_run_exit_mode)
 
 
 def _run_exit_mode() -> None:

@@ -28,18 +28,16 @@ def _load_forkguard() -> None:
 
 
 def _chain_shadowed_sitecustomize() -> None:
+    """Leave sys.path as the program would have it, then run the sitecustomize this one hides."""
     here = os.path.dirname(os.path.abspath(__file__))
-    saved_path, saved_module = sys.path[:], sys.modules.pop("sitecustomize", None)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    mine = sys.modules.pop("sitecustomize", None)
     try:
         importlib.import_module("sitecustomize")
     except ModuleNotFoundError as exc:
         if exc.name != "sitecustomize":
             raise
-    finally:
-        sys.path[:] = saved_path
-        if saved_module is not None:
-            sys.modules.setdefault("sitecustomize", saved_module)
+        sys.modules["sitecustomize"] = mine
 
 
 _load_forkguard()
