@@ -49,3 +49,13 @@ def test_readme_libc_fork_snippet_runs():
     snippet = re.search(r"```python\nimport ctypes, os, forkguard\n(.+?)```", (ROOT / "README.md").read_text(), re.S)
     assert snippet, "README lost its check_fork example"
     run_python("import ctypes, os, forkguard\n" + snippet.group(1))
+
+
+def test_readme_environment_table_lists_every_variable_with_its_run_option():
+    from forkguard import _policy
+
+    readme = (ROOT / "README.md").read_text()
+    for option in _policy.ENV_OPTIONS:
+        assert f"| `{option.variable}` (`{option.flag}" in readme, option.variable
+    for variable in ("FORKGUARD_STRICT_HOOKS", "FORKGUARD_FORK_DETECTION"):
+        assert f"| `{variable}`" in readme
