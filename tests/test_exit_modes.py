@@ -37,7 +37,7 @@ print(json.dumps(pids), flush=True)
 action = {action!r}
 if action == "exception":
     raise RuntimeError("the parent fails")
-if action in ("sigterm", "sigkill"):
+if action in ("sigterm", "sigint", "sigkill"):
     time.sleep(60)
 '''
 
@@ -48,8 +48,8 @@ parent = subprocess.Popen([sys.executable, "-c", {parent!r}], stdout=subprocess.
 children = json.loads(parent.stdout.readline())
 time.sleep(0.3)                    # let every child reach its sleep
 action = {action!r}
-if action == "sigterm":
-    parent.send_signal(signal.SIGTERM)
+if action in ("sigterm", "sigint"):
+    parent.send_signal(signal.SIGTERM if action == "sigterm" else signal.SIGINT)
 elif action == "sigkill":
     parent.kill()
 started = time.monotonic()
@@ -90,7 +90,7 @@ def scenario(mode: str, action: str, options: str = "", with_subprocess: bool = 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("action, returncode", [("normal", 0), ("exception", 1), ("sigterm", -15)])
+@pytest.mark.parametrize("action, returncode", [("normal", 0), ("exception", 1), ("sigterm", -15), ("sigint", -2)])
 def test_kill_children_leaves_no_child_alive_and_no_zombie(action, returncode):
     out = scenario("kill_children", action, options=", grace=1.0")
     assert out["returncode"] == returncode
