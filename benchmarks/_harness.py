@@ -7,11 +7,55 @@ that a noisy neighbour slows all of them alike.
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_parser(doc: str, rounds: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --rounds, and the hidden --variant its workers get."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=rounds, help=f"interleaved rounds (default {rounds})")
+    return parser
+
+
+def import_forkguard():  # type: ignore[no-untyped-def]
+    """forkguard from this checkout, whether or not it is installed."""
+    sys.path.insert(0, str(ROOT))
+    import forkguard
+
+    return forkguard
+
+
+def fork_round_trip_us(forks: int, warmup: int = 20) -> float:
+    """Median fork + _exit + waitpid round trip in microseconds.
+
+    Parent and child share one CPU, so the round trip runs in sequence instead
+    of depending on which core the scheduler picks for the child.
+    """
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    times = []
+    for _ in range(forks + warmup):
+        start = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[warmup:]) * 1e6
+
+
+def emit(value: float) -> None:
+    """A worker's answer to the driver."""
+    print(json.dumps({"value": value}))
 
 
 def run_variants(script: Path, variants: list[str], rounds: int, extra: list[str]) -> dict[str, list[float]]:

@@ -8,11 +8,11 @@ seed 000's agent paid per request), and takes no lock.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import timeit
 from pathlib import Path
+
+from _harness import ROOT, emit, make_parser, report, run_variants
 
 SETUP = '''
 import contextvars, sys
@@ -31,24 +31,17 @@ STATEMENTS = {
 
 
 def worker(variant: str, number: int) -> None:
-    setup = SETUP.format(root=str(Path(__file__).resolve().parent.parent))
-    timer = timeit.Timer(STATEMENTS[variant], setup=setup)
-    best = min(timer.repeat(repeat=3, number=number))
-    print(json.dumps({"value": best / number * 1e9}))
+    timer = timeit.Timer(STATEMENTS[variant], setup=SETUP.format(root=str(ROOT)))
+    emit(min(timer.repeat(repeat=3, number=number)) / number * 1e9)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser = make_parser(__doc__, rounds=15)
     parser.add_argument("--number", type=int, default=200_000)
     args = parser.parse_args()
     if args.variant:
         worker(args.variant, args.number)
         return 0
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _harness import report, run_variants
-
     print(f"one enter+exit, {args.number} per timing, {args.rounds} interleaved rounds (median of rounds)")
     samples = run_variants(Path(__file__), list(STATEMENTS), args.rounds, ["--number", str(args.number)])
     ok = report(samples, "ns", [

@@ -15,12 +15,11 @@ each a copy-on-write fault.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
+
+from _harness import emit, fork_round_trip_us, import_forkguard, make_parser, report, run_variants
 
 HOOKS = 100
 
@@ -29,52 +28,30 @@ def noop_hooks(n: int) -> list:
     return [(lambda: None) for _ in range(n)]
 
 
-def measure(forks: int) -> float:
-    """Median fork round trip in microseconds."""
-    times = []
-    for _ in range(forks + 20):
-        start = time.perf_counter()
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[20:]) * 1e6
-
-
 def worker(variant: str, forks: int, heap_mb: int) -> None:
-    # One CPU for parent and child: the round trip then runs in sequence
-    # instead of depending on which core the scheduler picks for the child.
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     # A service's heap: many small objects, as a web app's modules and caches make.
     heap = [{"key": str(i), "value": [i, i + 1]} for i in range(heap_mb * 1024 * 1024 // 400)]
     if variant == "stdlib_hooks":
         for before, parent, child in zip(noop_hooks(HOOKS), noop_hooks(HOOKS), noop_hooks(HOOKS), strict=True):
             os.register_at_fork(before=before, after_in_parent=parent, after_in_child=child)
     elif variant in ("forkguard_hooks", "forkguard_no_hooks"):
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        import forkguard
-
+        forkguard = import_forkguard()
         if variant == "forkguard_hooks":
             for before, parent, child in zip(noop_hooks(HOOKS), noop_hooks(HOOKS), noop_hooks(HOOKS), strict=True):
                 forkguard.register(before=before, after_in_parent=parent, after_in_child=child)
-    print(json.dumps({"value": measure(forks), "heap_objects": len(heap)}))
+    emit(fork_round_trip_us(forks))
+    del heap  # alive until the forks are done: it is what each fork copies
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser = make_parser(__doc__, rounds=15)
     parser.add_argument("--heap", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--forks", type=int, default=200)
     parser.add_argument("--heap-mb", type=int, default=150, help="heap of the service-sized run (0: skip it)")
     args = parser.parse_args()
     if args.variant:
         worker(args.variant, args.forks, args.heap)
         return 0
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _harness import report, run_variants
-
     variants = ["bare", "stdlib_hooks", "forkguard_no_hooks", "forkguard_hooks"]
     ok = True
     for heap_mb in sorted({0, args.heap_mb}):
