@@ -9,6 +9,7 @@ from ._context import ActiveContext, active, live_contexts
 from ._features import Feature, FeatureChange, features
 from ._hooks import Hook
 from ._policy import exit_mode, fork_mode, set_exit_mode, set_fork_mode
+from ._primitives import BoundedSemaphore, Condition, Event, ForkLocal, Lock, RLock, Semaphore, Service
 from ._process import check_fork
 from ._runtime import (
     ForkInfo,
@@ -30,10 +31,18 @@ if not _policy.running_forkguard_cli():
 
 __all__ = [
     "ActiveContext",
+    "BoundedSemaphore",
+    "Condition",
+    "Event",
     "Feature",
     "FeatureChange",
     "ForkInfo",
+    "ForkLocal",
     "Hook",
+    "Lock",
+    "RLock",
+    "Semaphore",
+    "Service",
     "__version__",
     "active",
     "after_fork_in_child",

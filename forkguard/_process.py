@@ -44,9 +44,24 @@ def _wipe_on_fork_page() -> mmap.mmap | None:
     return page
 
 
+class _GetpidMarker:
+    """Stands in for the page where the kernel cannot wipe it: ``[0]`` is true when the pid is the adopted one."""
+
+    def __getitem__(self, index: int) -> bool:
+        return os.getpid() == _identity[0]
+
+    def __setitem__(self, index: int, value: int) -> None:
+        pass
+
+
 DETECTION_ENV = "FORKGUARD_FORK_DETECTION"
-_page = _wipe_on_fork_page() if _env.read_choice(DETECTION_ENV, ("auto", "getpid")) == "auto" else None
-_pid = os.getpid()
+_wiped = _wipe_on_fork_page() if _env.read_choice(DETECTION_ENV, ("auto", "getpid")) == "auto" else None
+DETECTION = "madv_wipeonfork" if _wiped is not None else "getpid"
+# Both answer ``_page[0]``: true once this process has been adopted (its child step ran).
+_page: mmap.mmap | _GetpidMarker = _wiped if _wiped is not None else _GetpidMarker()
+# The adopted pid, in a one-item list: per-process objects compare against
+# ``_identity[0]``, the cheapest read Python has for a value that changes.
+_identity = [os.getpid()]
 _parent_pid: int | None = None  # the process this one was forked from, once a fork is seen
 # Claims, keyed by (pid, pid of the process last seen): setdefault on a dict is
 # atomic, so when two threads of a libc-forked child both notice the fork,
@@ -54,8 +69,6 @@ _parent_pid: int | None = None  # the process this one was forked from, once a f
 # descendant that recycles a dead ancestor's pid is still seen as new.
 _claims: dict[tuple[int, int], object] = {}
 _handler: Callable[[str], None] | None = None
-
-DETECTION = "madv_wipeonfork" if _page is not None else "getpid"
 
 
 def set_new_process_handler(handler: Callable[[str], None]) -> None:
@@ -66,17 +79,16 @@ def set_new_process_handler(handler: Callable[[str], None]) -> None:
 
 def _adopt(pid: int) -> None:
     """Make ``pid`` this process's identity; the pid it replaces is its parent's."""
-    global _pid, _parent_pid
-    _parent_pid, _pid = _pid, pid
-    if _page is not None:
-        _page[0] = 1
+    global _parent_pid
+    _parent_pid, _identity[0] = _identity[0], pid
+    _page[0] = 1
 
 
 def _new_process_detected() -> bool:
     """check_fork() found a new process: claim it and run the handler; False if another thread won."""
     pid = os.getpid()
     token = object()
-    if _claims.setdefault((pid, _pid), token) is not token:
+    if _claims.setdefault((pid, _identity[0]), token) is not token:
         return False
     _adopt(pid)
     if _handler is not None:
@@ -90,42 +102,27 @@ def adopt_after_os_fork() -> bool:
     Only the forking thread exists at that point, so no claim is needed. An
     earlier at-fork hook may already have called check_fork() in this child.
     """
-    if _page is not None and _page[0]:
+    if _page[0]:
         return False
-    pid = os.getpid()
-    if pid == _pid:
-        return False
-    _adopt(pid)
+    _adopt(os.getpid())
     return True
 
 
-if _page is not None:
+def check_fork() -> bool:
+    """Run the child step now if this process is a fork nobody has handled yet.
 
-    def check_fork() -> bool:
-        """Run the child hooks now if this process is a fork nobody has handled yet.
-
-        Returns True only on the call that discovered the new process. Cheap
-        enough for hot paths: one memory read when nothing happened.
-        """
-        if _page[0]:
-            return False
-        return _new_process_detected()
-
-else:
-
-    def check_fork() -> bool:
-        """Run the child hooks now if this process is a fork nobody has handled yet.
-
-        Returns True only on the call that discovered the new process.
-        """
-        if os.getpid() == _pid:
-            return False
-        return _new_process_detected()
+    Returns True only on the call that discovered the new process. Cheap enough
+    for hot paths: one memory read when nothing happened (a getpid() call where
+    the kernel cannot wipe a page on fork).
+    """
+    if _page[0]:
+        return False
+    return _new_process_detected()
 
 
 def current_pid() -> int:
     """The pid of the process forkguard last saw (cached; no syscall)."""
-    return _pid
+    return _identity[0]
 
 
 def parent_pid() -> int | None:

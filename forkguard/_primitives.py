@@ -1,0 +1,407 @@
+"""Fork-safe primitives: locks and friends that are fresh in a child, per-process values, services.
+
+A lock that another thread held at the fork stays locked forever in the child:
+that thread does not exist there. Each primitive here keeps the pid it was
+made for and is re-made on first use in a new process, whatever made the fork
+(libc ``fork()`` included); nothing runs in the child until it is used, so a
+fork costs nothing more for each primitive.
+
+The forking thread is the one thread that survives a fork, and its ``with``
+blocks are still open in the child: a lock it held stays held there, so that
+its ``release()`` still matches.
+"""
+
+from __future__ import annotations
+
+import _thread
+from types import GenericAlias
+
+from . import _process
+from ._process import _identity, _page
+
+TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    T = TypeVar("T")
+
+
+class _PerProcess:
+    """Base: ``_current()`` returns the inner primitive made for this process."""
+
+    __slots__ = ("_inner", "_pid")
+
+    def __init__(self) -> None:
+        self._pid = _identity[0]
+        self._inner = self._make(None)
+
+    def _current(self):  # type: ignore[no-untyped-def]
+        if _page[0] and self._pid == _identity[0]:
+            return self._inner
+        _process.check_fork()
+        if self._pid != _identity[0]:
+            self._inner = self._make(self._inner)
+            self._pid = _identity[0]
+        return self._inner
+
+    def _make(self, inherited):  # type: ignore[no-untyped-def]
+        """A fresh inner primitive for this process; ``inherited`` is the parent's (None at creation)."""
+        raise NotImplementedError
+
+
+class Lock(_PerProcess):
+    """``threading.Lock`` that is free in a child unless the forking thread held it."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self) -> None:
+        self._owner: int | None = None
+        super().__init__()
+
+    def _make(self, inherited):  # type: ignore[no-untyped-def]
+        lock = _thread.allocate_lock()
+        if inherited is not None and self._owner == _thread.get_ident():
+            lock.acquire()  # the forking thread is still inside its `with lock:` in the child
+        elif inherited is not None:
+            self._owner = None
+        return lock
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """As ``threading.Lock.acquire``."""
+        if self._current().acquire(blocking, timeout):
+            self._owner = _thread.get_ident()
+            return True
+        return False
+
+    def release(self) -> None:
+        """As ``threading.Lock.release``."""
+        self._owner = None
+        self._current().release()
+
+    def locked(self) -> bool:
+        return self._current().locked()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class RLock(_PerProcess):
+    """``threading.RLock`` that is free in a child unless the forking thread held it."""
+
+    __slots__ = ()
+
+    def _make(self, inherited):  # type: ignore[no-untyped-def]
+        lock = _thread.RLock()
+        if inherited is not None and inherited._is_owned():
+            # The forking thread keeps its ident in the child: take the same depth again.
+            count = inherited._recursion_count() if hasattr(inherited, "_recursion_count") else 1
+            for _ in range(count):
+                lock.acquire()
+        return lock
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._current().acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._current().release()
+
+    # What threading.Condition asks of an RLock, so that wait() releases every level.
+    def _is_owned(self) -> bool:
+        return self._current()._is_owned()
+
+    def _release_save(self) -> object:
+        return self._current()._release_save()
+
+    def _acquire_restore(self, state: object) -> None:
+        self._current()._acquire_restore(state)
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Condition(_PerProcess):
+    """``threading.Condition`` whose waiters (threads of the parent) are gone in a child."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: Lock | RLock | None = None) -> None:
+        self._lock = lock if lock is not None else RLock()
+        super().__init__()
+
+    def _make(self, inherited):  # type: ignore[no-untyped-def]
+        import threading
+
+        return threading.Condition(self._lock)
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._current().wait(timeout)
+
+    def wait_for(self, predicate: Callable[[], object], timeout: float | None = None) -> object:
+        return self._current().wait_for(predicate, timeout)
+
+    def notify(self, n: int = 1) -> None:
+        self._current().notify(n)
+
+    def notify_all(self) -> None:
+        self._current().notify_all()
+
+
+class Event(_PerProcess):
+    """``threading.Event``; a child keeps the flag (plain state) but not the parent's waiters."""
+
+    __slots__ = ()
+
+    def _make(self, inherited):  # type: ignore[no-untyped-def]
+        import threading
+
+        event = threading.Event()
+        if inherited is not None and inherited._flag:  # read the flag, never the inherited lock
+            event.set()
+        return event
+
+    def is_set(self) -> bool:
+        return self._current().is_set()
+
+    def set(self) -> None:
+        self._current().set()
+
+    def clear(self) -> None:
+        self._current().clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._current().wait(timeout)
+
+
+class Semaphore(_PerProcess):
+    """``threading.Semaphore`` that starts over at its initial value in a child.
+
+    Permits held at the fork by other threads are theirs, and those threads are
+    gone; permits the forking thread held are returned too, since a semaphore
+    does not know who holds it.
+    """
+
+    __slots__ = ("_value",)
+    _kind = "Semaphore"
+
+    def __init__(self, value: int = 1) -> None:
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"forkguard.{self._kind}: value must be an int >= 0, not {value!r}")
+        self._value = value
+        super().__init__()
+
+    def _make(self, inherited):  # type: ignore[no-untyped-def]
+        import threading
+
+        return getattr(threading, self._kind)(self._value)
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        return self._current().acquire(blocking, timeout)
+
+    def release(self, n: int = 1) -> None:
+        self._current().release(n)
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class BoundedSemaphore(Semaphore):
+    """``threading.BoundedSemaphore`` that starts over at its initial value in a child."""
+
+    __slots__ = ()
+    _kind = "BoundedSemaphore"
+
+
+# Values a child inherited from its parents' ForkLocals: kept alive, never used
+# or finalized (a finalizer could close the parent's connection).
+_inherited_values: list[object] = []
+
+
+class ForkLocal:
+    """A value of this process: made by ``factory()`` on first ``get()`` in each process.
+
+    A child never uses its parent's value, and never closes or finalizes it
+    either: closing a database connection in the child would end the parent's
+    session, since both share the socket. Inherited values are kept, untouched,
+    until the child exits. ``close(value)`` runs on ``reset()``, only in the
+    process that made the value.
+    """
+
+    __slots__ = ("_close", "_factory", "_pid", "_value")
+
+    __class_getitem__ = classmethod(GenericAlias)  # ForkLocal[Connection] in annotations
+
+    def __init__(self, factory: Callable[[], T], close: Callable[[T], object] | None = None) -> None:
+        if not callable(factory):
+            raise TypeError(f"forkguard.ForkLocal: factory must be callable, not {type(factory).__name__}")
+        if close is not None and not callable(close):
+            raise TypeError(f"forkguard.ForkLocal: close must be callable or None, not {type(close).__name__}")
+        self._factory, self._close = factory, close
+        self._pid: int | None = None
+        self._value: T | None = None
+
+    def get(self) -> T:
+        """This process's value, made now if this process has none yet."""
+        if _page[0] and self._pid == _identity[0]:
+            return self._value  # type: ignore[return-value]
+        return self._renew()
+
+    def _renew(self) -> T:
+        _process.check_fork()
+        pid = _identity[0]
+        if self._pid != pid:
+            if self._pid is not None:
+                _inherited_values.append(self._value)
+            value = self._factory()
+            if self._pid != pid:  # another thread may have made one meanwhile: keep the first
+                self._value, self._pid = value, pid
+            elif self._close is not None:
+                self._close(value)
+        return self._value  # type: ignore[return-value]
+
+    @property
+    def has_value(self) -> bool:
+        """Whether this process has made its value yet."""
+        _process.check_fork()
+        return self._pid == _identity[0]
+
+    def reset(self) -> None:
+        """Drop this process's value (``close(value)`` first); the next ``get()`` makes a new one."""
+        if self.has_value:
+            value, self._value, self._pid = self._value, None, None
+            if self._close is not None:
+                self._close(value)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        state = "set" if self._pid == _identity[0] else "unset"
+        return f"<forkguard.ForkLocal {getattr(self._factory, '__qualname__', self._factory)!r} {state}>"
+
+
+class Service:
+    """A background thread that runs in every process: restarted in each child, stopped at exit.
+
+    With ``interval``, ``target()`` runs every ``interval`` seconds; without it,
+    ``target(stopping)`` runs once and should return soon after the
+    ``stopping`` event is set. A running service's thread does not survive a
+    fork (no thread does); forkguard starts a new one in the child.
+    """
+
+    def __init__(self, target: Callable[..., object], *, interval: float | None = None, name: str | None = None,
+                 stop_timeout: float = 5.0) -> None:
+        if not callable(target):
+            raise TypeError(f"forkguard.Service: target must be callable, not {type(target).__name__}")
+        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                                     or not interval > 0):
+            raise ValueError(f"forkguard.Service: interval must be a number of seconds > 0, not {interval!r}")
+        self.target, self.interval, self.stop_timeout = target, interval, stop_timeout
+        self.name = name or f"forkguard-service-{getattr(target, '__qualname__', 'target')}"
+        self._wanted = False  # inherited: a child restarts what its parent was running
+        self._pid: int | None = None
+        self._thread = None
+        self._stopping = None
+        _services_setup()
+        _services.add(self)
+
+    @property
+    def running(self) -> bool:
+        """Whether this process's thread of the service is alive."""
+        _process.check_fork()
+        return self._pid == _identity[0] and self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the thread in this process (and, from now on, in every child)."""
+        self._wanted = True
+        self._start_here()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to stop and wait for it (``stop_timeout`` seconds by default)."""
+        self._wanted = False
+        if self._pid == _identity[0] and self._thread is not None:
+            self._stopping.set()
+            if self._thread is not _current_thread():
+                self._thread.join(self.stop_timeout if timeout is None else timeout)
+        self._thread = None
+
+    def _start_here(self) -> None:
+        import threading
+
+        if self._pid == _identity[0] and self._thread is not None and self._thread.is_alive():
+            return
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(self._stopping,), name=self.name, daemon=True)
+        self._pid = _identity[0]
+        self._thread.start()
+
+    def _run(self, stopping) -> None:  # type: ignore[no-untyped-def]
+        from ._hooks import registry
+
+        if self.interval is None:
+            registry.call_guarded(f"service {self.name}", lambda: self.target(stopping))
+            return
+        while not stopping.wait(self.interval):
+            registry.call_guarded(f"service {self.name}", self.target)
+
+    def __repr__(self) -> str:
+        return f"<forkguard.Service {self.name!r} {'running' if self.running else 'stopped'}>"
+
+
+_services = None  # WeakSet of Service, made with the first one
+
+
+def _current_thread():  # type: ignore[no-untyped-def]
+    import threading
+
+    return threading.current_thread()
+
+
+def _services_setup() -> None:
+    """On the first Service: the restart hooks and the exit handler."""
+    global _services
+    if _services is not None:
+        return
+    import atexit
+    import os
+    import threading  # noqa: F401 (must register its own after-fork step before ours, below)
+    import weakref
+
+    from ._hooks import registry
+    from ._runtime import _state
+
+    _services = weakref.WeakSet()
+    # threading is imported by now, so its own after-fork step is registered
+    # already and this hook runs after it: a thread started before that step
+    # would be marked stopped by threading._after_fork.
+    os.register_at_fork(after_in_child=_restart_services)
+    # A libc fork runs no CPython hook: restart from forkguard's child step.
+    registry.add({"after_in_child": lambda: _state[1] == "check_fork" and _restart_services()}, priority=0)
+    atexit.register(_stop_services)
+
+
+def _restart_services() -> None:
+    for service in list(_services):
+        if service._wanted:
+            service._start_here()
+
+
+def _stop_services() -> None:
+    for service in list(_services):
+        if service._wanted:
+            service.stop()
