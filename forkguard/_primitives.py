@@ -67,9 +67,11 @@ class Lock(_PerProcess):
             self._owner = None
         return lock
 
+    # acquire and release inline _current()'s fast path: they are the hot path.
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """As ``threading.Lock.acquire``."""
-        if self._current().acquire(blocking, timeout):
+        inner = self._inner if _page[0] and self._pid == _identity[0] else self._current()
+        if inner.acquire(blocking, timeout):
             self._owner = _thread.get_ident()
             return True
         return False
@@ -77,7 +79,7 @@ class Lock(_PerProcess):
     def release(self) -> None:
         """As ``threading.Lock.release``."""
         self._owner = None
-        self._current().release()
+        (self._inner if _page[0] and self._pid == _identity[0] else self._current()).release()
 
     def locked(self) -> bool:
         return self._current().locked()
@@ -103,10 +105,11 @@ class RLock(_PerProcess):
         return lock
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._current().acquire(blocking, timeout)
+        inner = self._inner if _page[0] and self._pid == _identity[0] else self._current()
+        return inner.acquire(blocking, timeout)
 
     def release(self) -> None:
-        self._current().release()
+        (self._inner if _page[0] and self._pid == _identity[0] else self._current()).release()
 
     # What threading.Condition asks of an RLock, so that wait() releases every level.
     def _is_owned(self) -> bool:
