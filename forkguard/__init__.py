@@ -10,7 +10,7 @@ from ._features import Feature, FeatureChange, features
 from ._hooks import Hook
 from ._policy import exit_mode, fork_mode, set_exit_mode, set_fork_mode
 from ._primitives import BoundedSemaphore, Condition, Event, ForkLocal, Lock, RLock, Semaphore, Service
-from ._process import check_fork
+from ._process import check_fork, install_signal_trigger, uninstall_signal_trigger
 from ._runtime import (
     ForkInfo,
     after_fork_in_child,
@@ -53,10 +53,12 @@ __all__ = [
     "features",
     "fork_info",
     "fork_mode",
+    "install_signal_trigger",
     "live_contexts",
     "register",
     "registered_hooks",
     "set_exit_mode",
     "set_fork_mode",
+    "uninstall_signal_trigger",
     "unregister",
 ]

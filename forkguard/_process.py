@@ -128,3 +128,46 @@ def current_pid() -> int:
 def parent_pid() -> int | None:
     """The pid this process was forked from; None in the process that imported forkguard."""
     return _parent_pid
+
+
+# Seed 001's SIGUSR2: a process forked by C code can be told to run its child
+# step without touching forkguard itself. signum -> the handler it replaced.
+_trigger_previous: dict[int, object] = {}
+
+
+def install_signal_trigger(signum: int | None = None) -> None:
+    """On ``signum`` (SIGUSR2 by default), run the child step if this process is an unhandled fork.
+
+    The handler installed before, if it was a Python function, runs afterwards
+    (the default action, which would end the process, does not). Call it from
+    the main thread, as for any signal handler.
+    """
+    import signal
+
+    signum = signal.SIGUSR2 if signum is None else signum
+    if signum not in signal.valid_signals() or signum in (signal.SIGKILL, signal.SIGSTOP):
+        raise ValueError(f"forkguard.install_signal_trigger: {signum!r} is not a signal a handler can catch")
+    previous = signal.getsignal(signum)
+    if previous is _on_trigger_signal:
+        return
+    try:
+        signal.signal(signum, _on_trigger_signal)
+    except ValueError:
+        raise ValueError("forkguard.install_signal_trigger: call it from the main thread") from None
+    _trigger_previous[int(signum)] = previous
+
+
+def uninstall_signal_trigger(signum: int | None = None) -> None:
+    """Put back the handler :func:`install_signal_trigger` replaced."""
+    import signal
+
+    signum = signal.SIGUSR2 if signum is None else signum
+    if signal.getsignal(signum) is _on_trigger_signal:
+        signal.signal(signum, _trigger_previous.pop(int(signum)))  # type: ignore[arg-type]
+
+
+def _on_trigger_signal(signum: int, frame: object) -> None:
+    check_fork()
+    previous = _trigger_previous.get(signum)
+    if callable(previous):
+        previous(signum, frame)
