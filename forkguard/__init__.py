@@ -11,6 +11,7 @@ from ._hooks import Hook
 from ._policy import exit_mode, fork_mode, set_exit_mode, set_fork_mode
 from ._primitives import BoundedSemaphore, Condition, Event, ForkLocal, Lock, RLock, Semaphore, Service
 from ._process import check_fork, install_signal_trigger, uninstall_signal_trigger
+from ._resources import FdInfo, Tracked, inherited, set_inherit_preset, track, tracked, untrack
 from ._runtime import (
     ForkInfo,
     after_fork_in_child,
@@ -34,6 +35,7 @@ __all__ = [
     "BoundedSemaphore",
     "Condition",
     "Event",
+    "FdInfo",
     "Feature",
     "FeatureChange",
     "ForkInfo",
@@ -43,6 +45,7 @@ __all__ = [
     "RLock",
     "Semaphore",
     "Service",
+    "Tracked",
     "__version__",
     "active",
     "after_fork_in_child",
@@ -53,12 +56,17 @@ __all__ = [
     "features",
     "fork_info",
     "fork_mode",
+    "inherited",
     "install_signal_trigger",
     "live_contexts",
     "register",
     "registered_hooks",
     "set_exit_mode",
     "set_fork_mode",
+    "set_inherit_preset",
+    "track",
+    "tracked",
     "uninstall_signal_trigger",
     "unregister",
+    "untrack",
 ]
