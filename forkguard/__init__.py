@@ -6,6 +6,7 @@ third-party import, no thread. See README.md for the guide.
 
 from . import _policy
 from ._context import ActiveContext, active, live_contexts
+from ._doctor import doctor
 from ._features import Feature, FeatureChange, features
 from ._hooks import Hook
 from ._policy import exit_mode, fork_mode, set_exit_mode, set_fork_mode
@@ -52,6 +53,7 @@ __all__ = [
     "after_fork_in_parent",
     "before_fork",
     "check_fork",
+    "doctor",
     "exit_mode",
     "features",
     "fork_info",

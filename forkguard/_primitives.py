@@ -14,6 +14,7 @@ its ``release()`` still matches.
 from __future__ import annotations
 
 import _thread
+import weakref
 from types import GenericAlias
 
 from . import _process
@@ -50,14 +51,24 @@ class _PerProcess:
         raise NotImplementedError
 
 
+_locks: weakref.WeakSet[Lock] = weakref.WeakSet()
+
+
+def held_locks() -> list[tuple[int, Lock]]:
+    """(owner thread ident, lock) for every forkguard Lock held in this process now."""
+    _process.check_fork()
+    return [(lock._owner, lock) for lock in list(_locks) if lock._owner is not None and lock.locked()]
+
+
 class Lock(_PerProcess):
     """``threading.Lock`` that is free in a child unless the forking thread held it."""
 
-    __slots__ = ("_owner",)
+    __slots__ = ("__weakref__", "_owner")
 
     def __init__(self) -> None:
         self._owner: int | None = None
         super().__init__()
+        _locks.add(self)  # for doctor: which thread holds which lock
 
     def _make(self, inherited):  # type: ignore[no-untyped-def]
         lock = _thread.allocate_lock()
@@ -383,7 +394,6 @@ def _services_setup() -> None:
     import atexit
     import os
     import threading  # noqa: F401 (must register its own after-fork step before ours, below)
-    import weakref
 
     from ._hooks import registry
     from ._runtime import _state

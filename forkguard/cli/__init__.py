@@ -32,9 +32,10 @@ class Command(Protocol):
 
 
 def _commands() -> list[Command]:
+    from .doctor import DoctorCommand
     from .run import RunCommand
 
-    return [RunCommand()]
+    return [RunCommand(), DoctorCommand()]
 
 
 def build_parser() -> argparse.ArgumentParser:
