@@ -244,9 +244,17 @@ class BoundedSemaphore(Semaphore):
     _kind = "BoundedSemaphore"
 
 
-# Values a child inherited from its parents' ForkLocals: kept alive, never used
-# or finalized (a finalizer could close the parent's connection).
-_inherited_values: list[object] = []
+def keep_forever(value: object) -> None:
+    """Never finalize ``value`` in this process: one reference is leaked on purpose.
+
+    A child must not close what its parent still uses, and a finalizer can do
+    just that at interpreter exit (a database driver's sends its server a
+    Terminate over the shared socket). A list would not do: module globals are
+    cleared at exit.
+    """
+    import ctypes
+
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(value))
 
 
 class ForkLocal:
@@ -254,9 +262,8 @@ class ForkLocal:
 
     A child never uses its parent's value, and never closes or finalizes it
     either: closing a database connection in the child would end the parent's
-    session, since both share the socket. Inherited values are kept, untouched,
-    until the child exits. ``close(value)`` runs on ``reset()``, only in the
-    process that made the value.
+    session, since both share the socket (see :func:`keep_forever`).
+    ``close(value)`` runs on ``reset()``, only in the process that made the value.
     """
 
     __slots__ = ("_close", "_factory", "_pid", "_value")
@@ -283,7 +290,7 @@ class ForkLocal:
         pid = _identity[0]
         if self._pid != pid:
             if self._pid is not None:
-                _inherited_values.append(self._value)
+                keep_forever(self._value)
             value = self._factory()
             if self._pid != pid:  # another thread may have made one meanwhile: keep the first
                 self._value, self._pid = value, pid

@@ -77,3 +77,48 @@ def in_child(body, fork=os.fork):
         raise AssertionError("child failed:\\n" + result["error"])
     return result["ok"]
 '''
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn():
+    """A real PostgreSQL server in a temp dir (unix socket only), for the session. `.ci/run` installs it."""
+    import glob
+    import pwd
+    import shutil
+    import tempfile
+    import time
+
+    bindirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    if not bindirs:
+        pytest.fail("PostgreSQL is not installed: apt-get install postgresql (as .ci/run does)")
+    bindir = bindirs[-1]
+    base = tempfile.mkdtemp(prefix="forkguard-pg-", dir="/tmp")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        os.chmod(base, 0o755)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data = os.path.join(base, "data")
+    subprocess.run([*as_user, f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = "5433"
+    server = subprocess.Popen([*as_user, f"{bindir}/postgres", "-D", data, "-k", base, "-p", port,
+                               "-c", "listen_addresses="], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dsn = f"host={base} port={port} user=postgres dbname=postgres"
+    import psycopg
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            psycopg.connect(dsn).close()
+            break
+        except psycopg.OperationalError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"PostgreSQL did not start: {server.stderr.read().decode()[-2000:]}")
+            time.sleep(0.1)
+    yield dsn
+    server.terminate()
+    server.wait(30)
+    shutil.rmtree(base, ignore_errors=True)

@@ -59,3 +59,16 @@ def test_readme_environment_table_lists_every_variable_with_its_run_option():
         assert f"| `{option.variable}` (`{option.flag}" in readme, option.variable
     for variable in ("FORKGUARD_STRICT_HOOKS", "FORKGUARD_FORK_DETECTION"):
         assert f"| `{variable}`" in readme
+
+
+def test_inherited_example_contrasts_posix_and_forkguard():
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "inherited.py")], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for line in ("share : the parent reads next '567'", "reopen: the parent reads next '234'",
+                 "untracked: the file holds 'hello\\nhello\\n'", "tracked: the file holds 'hello\\n'",
+                 "threading.Lock: the child acquires it: False", "forkguard.Lock: the child acquires it: True"):
+        assert line in out, line
+    parent, child = re.findall(r"(?:parent|child) +(\d+) sees (\d+)", out)
+    assert parent[0] == parent[1] and child[0] == child[1] and parent[0] != child[0]

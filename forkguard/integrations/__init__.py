@@ -1,0 +1,1 @@
+"""Small integrations with libraries whose state does not survive a fork; each imports nothing at load."""
