@@ -83,3 +83,20 @@ def report(samples: dict[str, list[float]], unit: str, ratios: list[tuple[str, s
         ok = ok and (target is None or ratio <= target)
         print(f"  ratio {num} / {den}: {ratio:.3f}x{verdict}")
     return ok
+
+
+def timeit_benchmark(doc: str, setup: str, statements: dict[str, str],
+                     ratios: list[tuple[str, str, float | None]], number: int) -> int:
+    """A micro-benchmark of one statement per variant: its worker and driver in one call."""
+    parser = make_parser(doc, rounds=15)
+    parser.add_argument("--number", type=int, default=number, help=f"executions per timing (default {number})")
+    args = parser.parse_args()
+    if args.variant:
+        import timeit
+
+        timer = timeit.Timer(statements[args.variant], setup=setup)
+        emit(min(timer.repeat(repeat=3, number=args.number)) / args.number * 1e9)
+        return 0
+    print(f"one execution, {args.number} per timing, {args.rounds} interleaved rounds (median of rounds)")
+    samples = run_variants(Path(sys.argv[0]), list(statements), args.rounds, ["--number", str(args.number)])
+    return 0 if report(samples, "ns", ratios) else 1
