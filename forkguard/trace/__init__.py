@@ -1,0 +1,238 @@
+"""forkguard.trace: syscall counts and latencies for a process and, with follow_forks, all it forks.
+
+    with forkguard.trace.Tracer(pid, follow_forks=True) as tracer:
+        ...
+        snapshot = tracer.snapshot()
+
+The counts are exact aggregates kept in the kernel (never reduced by
+sampling); ``snapshot()`` returns plain data, which the CLI only renders.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from . import syscalls as _syscalls
+
+HIST_BUCKETS = 32
+
+
+class TraceError(Exception):
+    """Tracing cannot start or go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SyscallStats:
+    """One syscall's aggregate over everything traced. ``histogram[b]`` counts latencies in [2^b, 2^(b+1)) ns."""
+
+    nr: int
+    name: str
+    count: int
+    errors: int
+    total_ns: int
+    max_ns: int
+    histogram: tuple[int, ...]
+
+    @property
+    def avg_ns(self) -> float:
+        return self.total_ns / self.count if self.count else 0.0
+
+    def percentile_ns(self, q: float) -> int:
+        """Upper bound of the log2 bucket holding the q-th quantile (0 < q <= 1)."""
+        return percentile_ns(self.histogram, q)
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    """One traced process's share: its syscall counts by name."""
+
+    pid: int
+    comm: str
+    count: int
+    errors: int
+    total_ns: int
+    syscalls: dict[str, int]
+
+
+@dataclass(frozen=True)
+class TraceSnapshot:
+    """Everything a tracer knows at one instant."""
+
+    backend: str
+    pid: int
+    follow_forks: bool
+    elapsed_s: float
+    syscalls: list[SyscallStats]
+    processes_seen: int
+    enrolments_dropped: int
+    processes: list[ProcessStats] | None = None
+    per_process_dropped: int = 0
+    events_lost: int = 0
+    max_pids: int = 0
+    sample: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def total_count(self) -> int:
+        return sum(s.count for s in self.syscalls)
+
+    @property
+    def total_errors(self) -> int:
+        return sum(s.errors for s in self.syscalls)
+
+    @property
+    def total_ns(self) -> int:
+        return sum(s.total_ns for s in self.syscalls)
+
+    def count_of(self, name: str) -> int:
+        """How many times syscall ``name`` was made (0 if never)."""
+        return sum(s.count for s in self.syscalls if s.name == name)
+
+    def to_dict(self) -> dict[str, object]:
+        """The stable JSON form (``forkguard/trace/schema.json``)."""
+        data = {
+            "schema": "forkguard.trace/1",
+            "backend": self.backend,
+            "pid": self.pid,
+            "follow_forks": self.follow_forks,
+            "elapsed_s": round(self.elapsed_s, 6),
+            "max_pids": self.max_pids,
+            "sample": self.sample,
+            "processes_seen": self.processes_seen,
+            "enrolments_dropped": self.enrolments_dropped,
+            "events_lost": self.events_lost,
+            "totals": {"count": self.total_count, "errors": self.total_errors, "total_ns": self.total_ns},
+            "syscalls": [{**asdict(s), "histogram": list(s.histogram), "avg_ns": round(s.avg_ns, 1),
+                          "p50_ns": s.percentile_ns(0.5), "p99_ns": s.percentile_ns(0.99)} for s in self.syscalls],
+        }
+        if self.processes is not None:
+            data["processes"] = [asdict(p) for p in self.processes]
+            data["per_process_dropped"] = self.per_process_dropped
+        return data
+
+
+def percentile_ns(histogram: tuple[int, ...] | list[int], q: float) -> int:
+    """Upper bound (ns) of the log2 bucket where the q-th quantile falls; 0 for no samples."""
+    total = sum(histogram)
+    if not total:
+        return 0
+    rank, seen = q * total, 0
+    for bucket, n in enumerate(histogram):
+        seen += n
+        if seen >= rank:
+            return 1 << (bucket + 1)
+    return 1 << len(histogram)
+
+
+class Tracer:
+    """Trace process ``pid`` (and with ``follow_forks`` every process it forks from now on).
+
+    ``sample``: every N-th syscall also becomes an event (0: aggregate only).
+    ``per_process``: keep a breakdown by process too. ``max_pids`` bounds the
+    set of traced processes; enrolments that do not fit are counted.
+    """
+
+    def __init__(self, pid: int, *, follow_forks: bool = False, max_pids: int = 8192, sample: int = 0,
+                 per_process: bool = False, backend: str = "bpf") -> None:
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            raise ValueError(f"pid must be a positive int, not {pid!r}")
+        if isinstance(max_pids, bool) or not isinstance(max_pids, int) or max_pids < 1:
+            raise ValueError(f"max_pids must be an int >= 1, not {max_pids!r}")
+        if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
+            raise ValueError(f"sample must be an int >= 0 (0: no events), not {sample!r}")
+        if backend != "bpf":
+            raise ValueError(f"backend {backend!r} is not available; use 'bpf' (ptrace comes later)")
+        self.pid, self.follow_forks, self.max_pids = pid, follow_forks, max_pids
+        self.sample, self.per_process = sample, per_process
+        self._backend = None
+        self._started = 0.0
+
+    def start(self) -> Tracer:
+        """Load and attach; TraceError with one line on failure (nothing left attached)."""
+        if not os.path.exists(f"/proc/{self.pid}"):
+            raise TraceError(f"no process {self.pid}: check the pid (ps -ef, pgrep)")
+        from .bpf.backend import BPFBackend, explain
+
+        backend = BPFBackend(self.pid, self.follow_forks, self.max_pids, self.sample, self.per_process)
+        try:
+            backend.attach()
+        except (OSError, LookupError) as exc:
+            raise TraceError(explain(exc)) from exc
+        self._backend, self._started = backend, time.monotonic()
+        return self
+
+    def snapshot(self) -> TraceSnapshot:
+        """The aggregates so far."""
+        if self._backend is None:
+            raise TraceError("the tracer is not attached: call start() or use it in a with block")
+        raw = self._backend.read()
+        names = _syscalls.names()
+        stats = [SyscallStats(nr, names.get(nr, f"syscall_{nr}"), f[0], f[1], f[2], f[3], tuple(f[4:]))
+                 for nr, f in raw["syscalls"].items()]
+        stats.sort(key=lambda s: (-s.count, s.name))
+        counters = raw["counters"]
+        processes = None
+        if self.per_process:
+            processes = []
+            for tgid, by_nr in sorted(raw["per_process"].items()):
+                processes.append(ProcessStats(
+                    tgid, _comm(tgid), sum(v[0] for v in by_nr.values()), sum(v[1] for v in by_nr.values()),
+                    sum(v[2] for v in by_nr.values()),
+                    {names.get(nr, f"syscall_{nr}"): v[0] for nr, v in sorted(by_nr.items(), key=lambda i: -i[1][0])}))
+        from .bpf import programs
+
+        return TraceSnapshot(
+            backend=self._backend.name, pid=self.pid, follow_forks=self.follow_forks,
+            elapsed_s=time.monotonic() - self._started, syscalls=stats,
+            processes_seen=1 + counters[programs.COUNTER_ENROLLED],
+            enrolments_dropped=counters[programs.COUNTER_ENROL_DROPPED], processes=processes,
+            per_process_dropped=counters[programs.COUNTER_PROC_DROPPED],
+            events_lost=counters[programs.COUNTER_EVENTS_LOST], max_pids=self.max_pids, sample=self.sample,
+        )
+
+    def close(self) -> None:
+        """Detach; the target runs on untraced."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> Tracer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def spawn_held(argv: list[str]) -> tuple[int, object]:
+    """Fork a child that waits, then execs ``argv`` once ``release()`` is called: (pid, release).
+
+    The tracer attaches in between, so the command is traced from its first syscall.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(write_end)
+        os.read(read_end, 1)
+        os.close(read_end)
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            os.write(2, f"forkguard trace: cannot run {argv[0]!r}: {exc.strerror}\n".encode())
+        os._exit(127)
+    os.close(read_end)
+
+    def release() -> None:
+        os.write(write_end, b"x")
+        os.close(write_end)
+
+    return pid, release

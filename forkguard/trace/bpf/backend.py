@@ -1,0 +1,134 @@
+"""The eBPF backend: maps and programs in the kernel, read back as plain numbers.
+
+Attach order matters: the exit and fork programs first (membership is right
+from the start), ``sys_exit`` before ``sys_enter`` (every syscall that starts
+being timed also ends being counted). Everything is an fd of this process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+
+from . import programs
+from .btf import BTFError, vmlinux
+from .kernel import (
+    BPFError,
+    Map,
+    MapType,
+    ProgType,
+    attach_raw_tracepoint,
+    load_program,
+)
+
+U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
+INFLIGHT_THREADS = 65536
+PROC_STATS_ENTRIES = 16384
+RINGBUF_BYTES = 1 << 20
+
+
+class BPFBackend:
+    """Counts the syscalls of one process, and with ``follow_forks`` of all it forks after attach."""
+
+    name = "bpf"
+
+    def __init__(self, pid: int, follow_forks: bool, max_pids: int, sample: int, per_process: bool) -> None:
+        self.pid, self.follow_forks, self.max_pids = pid, follow_forks, max_pids
+        self.sample, self.per_process = sample, per_process
+        self._maps: list[Map] = []
+        self._fds: list[int] = []
+
+    def attach(self) -> None:
+        try:
+            self._attach()
+        except BaseException:
+            self.close()
+            raise
+
+    def _attach(self) -> None:
+        btf = vmlinux()
+        tgid = btf.member_offset("task_struct", "tgid")
+        signal = btf.member_offset("task_struct", "signal")
+        live = btf.member_offset("signal_struct", "live")
+        self.pids = self._map(MapType.BPF_MAP_TYPE_HASH, 4, 4, self.max_pids, "fg_pids")
+        self.inflight = self._map(MapType.BPF_MAP_TYPE_LRU_HASH, 4, 16, INFLIGHT_THREADS, "fg_inflight")
+        self.stats = self._map(MapType.BPF_MAP_TYPE_PERCPU_ARRAY, 4, programs.STATS.size, programs.NR_SLOTS,
+                               "fg_stats")
+        self.counters = self._map(MapType.BPF_MAP_TYPE_ARRAY, 4, 8, programs.N_COUNTERS, "fg_counters")
+        self.proc = self._map(MapType.BPF_MAP_TYPE_PERCPU_HASH, programs.PROC_KEY.size, programs.PROC_STATS.size,
+                              PROC_STATS_ENTRIES, "fg_proc") if self.per_process else None
+        self.events = self._map(MapType.BPF_MAP_TYPE_RINGBUF, 0, 0, RINGBUF_BYTES, "fg_events") \
+            if self.sample else None
+        sample_ctr = self._map(MapType.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "fg_sample") if self.sample else None
+        self.pids.update(U32.pack(self.pid), U32.pack(1))
+
+        load = self._load
+        self._attach_prog("sched_process_exit", load("fg_exit", programs.sched_process_exit(
+            self.pids.fd, self.counters.fd, tgid, signal, live)))
+        if self.follow_forks:
+            self._attach_prog("sched_process_fork", load("fg_fork", programs.sched_process_fork(
+                self.pids.fd, self.counters.fd, tgid)))
+        self._attach_prog("sys_exit", load("fg_sys_exit", programs.sys_exit(
+            self.inflight.fd, self.stats.fd, self.counters.fd, self.proc.fd if self.proc else None,
+            self.events.fd if self.events else None, self.sample, sample_ctr.fd if sample_ctr else None)))
+        self._attach_prog("sys_enter", load("fg_sys_enter", programs.sys_enter(self.pids.fd, self.inflight.fd)))
+
+    def _map(self, map_type: MapType, key: int, value: int, entries: int, name: str) -> Map:
+        new = Map(map_type, key, value, entries, name)
+        self._maps.append(new)
+        return new
+
+    def _load(self, name: str, code: bytes) -> int:
+        fd = load_program(ProgType.BPF_PROG_TYPE_RAW_TRACEPOINT, code, name)
+        self._fds.append(fd)
+        return fd
+
+    def _attach_prog(self, tracepoint: str, prog_fd: int) -> None:
+        self._fds.append(attach_raw_tracepoint(tracepoint, prog_fd))
+
+    def read(self) -> dict[str, object]:
+        """The kernel's numbers now: per-syscall aggregates, per-process ones, counters."""
+        syscalls = {}
+        for nr in range(programs.NR_SLOTS):
+            values = self.stats.lookup(U32.pack(nr))
+            if not values:
+                continue
+            fields = [sum(col) for col in zip(*(programs.STATS.unpack(v) for v in values), strict=True)]
+            fields[3] = max(programs.STATS.unpack(v)[3] for v in values)  # max is a max, not a sum
+            if fields[0]:
+                syscalls[nr] = fields
+        counters = [U64.unpack(v[0])[0] if v else 0
+                    for v in (self.counters.lookup(U32.pack(i)) for i in range(programs.N_COUNTERS))]
+        per_process: dict[int, dict[int, list[int]]] = {}
+        if self.proc is not None:
+            for key in self.proc.all_keys():
+                tgid, nr = programs.PROC_KEY.unpack(key)
+                values = self.proc.lookup(key) or []
+                totals = [sum(col) for col in zip(*(programs.PROC_STATS.unpack(v) for v in values), strict=True)]
+                per_process.setdefault(tgid, {})[nr] = totals
+        return {"syscalls": syscalls, "counters": counters, "per_process": per_process}
+
+    def close(self) -> None:
+        """Detach everything (attachments first, then programs, then maps)."""
+        for fd in reversed(self._fds):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+        for bpf_map in self._maps:
+            bpf_map.close()
+        self._maps.clear()
+
+
+def explain(exc: Exception) -> str:
+    """One line that says what stopped the BPF backend and what to do."""
+    if isinstance(exc, BTFError):
+        return f"{exc}; the BPF backend needs kernel BTF (CONFIG_DEBUG_INFO_BTF)"
+    if isinstance(exc, BPFError) and exc.errno in (errno.EPERM, errno.EACCES):
+        return ("loading BPF programs is not permitted: run as root (or with CAP_BPF and CAP_PERFMON); "
+                "the ptrace backend for unprivileged tracing is not there yet")
+    if isinstance(exc, BPFError) and exc.errno == errno.ENOSYS:
+        return "this kernel has no bpf() system call (CONFIG_BPF_SYSCALL)"
+    return str(exc).splitlines()[0]
