@@ -122,3 +122,16 @@ def postgres_dsn():
     server.terminate()
     server.wait(30)
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bpf():
+    """BPF must load here; under FORKGUARD_REQUIRE_BPF=1 (CI) a failure fails the test instead of skipping it."""
+    from forkguard.trace import TraceError, Tracer
+
+    try:
+        Tracer(os.getpid()).start().close()
+    except TraceError as exc:
+        if os.environ.get("FORKGUARD_REQUIRE_BPF") == "1":
+            pytest.fail(f"BPF is required here (FORKGUARD_REQUIRE_BPF=1) but cannot be loaded: {exc}")
+        pytest.skip(f"BPF cannot be loaded here: {exc}")

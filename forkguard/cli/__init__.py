@@ -34,8 +34,9 @@ class Command(Protocol):
 def _commands() -> list[Command]:
     from .doctor import DoctorCommand
     from .run import RunCommand
+    from .trace import TraceCommand
 
-    return [RunCommand(), DoctorCommand()]
+    return [RunCommand(), DoctorCommand(), TraceCommand()]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,193 @@
+"""``forkguard trace``: syscall counts and latencies of a process and, with --follow-forks, its descendants."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from . import ForkguardError
+
+
+class TraceCommand:
+    name = "trace"
+    help = "count and time the syscalls of a process (and, with --follow-forks, of every process it forks)"
+
+    def prepare_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = (
+            "examples:\n"
+            "  forkguard trace -p 1234                       # one process, until Ctrl-C\n"
+            "  forkguard trace --follow-forks -- make -j2    # a command and all it forks\n"
+            "  forkguard trace -f --per-process --format json -- python job.py\n\n"
+            "Counts are exact aggregates kept in the kernel (eBPF); needs root or CAP_BPF+CAP_PERFMON.\n"
+            "With a command, the exit status is the command's."
+        )
+        target = parser.add_mutually_exclusive_group()
+        target.add_argument("-p", "--pid", type=int, help="trace this running process")
+        parser.add_argument("-f", "--follow-forks", action="store_true",
+                            help="also trace every process the target forks from now on, across exec")
+        parser.add_argument("--max-pids", type=int, default=8192, metavar="N",
+                            help="bound on traced processes; enrolments past it are counted and reported (8192)")
+        parser.add_argument("--sample", type=int, default=0, metavar="N",
+                            help="also emit every N-th syscall as an event (0: aggregates only); counts never depend "
+                                 "on it")
+        parser.add_argument("--per-process", action="store_true", help="break the counts down by process")
+        parser.add_argument("--histogram", metavar="SYSCALL", help="draw the latency histogram of this syscall")
+        parser.add_argument("--format", choices=("table", "json"), default="table")
+        parser.add_argument("--interval", type=float, metavar="S", help="refresh the table every S seconds")
+        parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+        parser.add_argument("--top", type=int, default=0, metavar="N", help="show only the N most frequent syscalls")
+        parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then a command to start and trace")
+
+    def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+        from ..trace import TraceError, Tracer, spawn_held
+
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if (args.pid is None) == (not command):
+            raise ForkguardError("give a process to trace: -p PID, or -- COMMAND [ARGS...]")
+        for flag, value, low in (("--max-pids", args.max_pids, 1), ("--sample", args.sample, 0),
+                                 ("--top", args.top, 0)):
+            if value < low:
+                raise ForkguardError(f"{flag} must be >= {low}, not {value}")
+        for flag, value in (("--interval", args.interval), ("--duration", args.duration)):
+            if value is not None and not value > 0:
+                raise ForkguardError(f"{flag} must be a number of seconds > 0, not {value}")
+        if args.histogram:
+            from ..trace.syscalls import number_of
+
+            try:
+                number_of(args.histogram)
+            except ValueError as exc:
+                raise ForkguardError(str(exc)) from None
+
+        child = release = None
+        if command:
+            child, release = spawn_held(command)
+        tracer = Tracer(child or args.pid, follow_forks=args.follow_forks, max_pids=args.max_pids,
+                        sample=args.sample, per_process=args.per_process)
+        try:
+            tracer.start()
+        except TraceError as exc:
+            if child:
+                os.kill(child, signal.SIGKILL)
+                os.waitpid(child, 0)
+            raise ForkguardError(str(exc)) from None
+        exit_code = 0
+        print(f"forkguard trace: tracing pid {tracer.pid}{' and its descendants' if args.follow_forks else ''} "
+              f"({'until it exits' if release else 'Ctrl-C to stop'})", file=sys.stderr, flush=True)
+        try:
+            if release:
+                release()
+            exit_code = self._wait(args, tracer, child)
+            snapshot = tracer.snapshot()
+        finally:
+            tracer.close()
+        self._print(args, snapshot, exit_code if child else None)
+        return exit_code
+
+    def _wait(self, args: argparse.Namespace, tracer, child: int | None) -> int:  # type: ignore[no-untyped-def]
+        """Until the command or process ends, --duration passes, or Ctrl-C; the command's exit code."""
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        next_refresh = None if args.interval is None else time.monotonic() + args.interval
+        try:
+            while True:
+                if child:
+                    done, status = os.waitpid(child, os.WNOHANG)
+                    if done:
+                        code = os.waitstatus_to_exitcode(status)
+                        return code if code >= 0 else 128 - code
+                elif not _alive(args.pid):
+                    return 0
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return 0
+                if next_refresh is not None and now >= next_refresh:
+                    self._print(args, tracer.snapshot(), None, live=True)
+                    next_refresh = now + args.interval
+                time.sleep(0.02)
+        except KeyboardInterrupt:
+            return 130
+
+    def _print(self, args: argparse.Namespace, snapshot, exit_code: int | None, live: bool = False) -> None:  # type: ignore[no-untyped-def]
+        if args.format == "json":
+            data = snapshot.to_dict()
+            if exit_code is not None:
+                data["exit_code"] = exit_code
+            print(json.dumps(data, indent=None if live else 2), flush=True)
+            return
+        if live and sys.stdout.isatty():
+            print("\033[H\033[2J", end="")
+        print(render(snapshot, top=args.top, histogram=args.histogram), flush=True)
+        if live:
+            print(flush=True)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie has finished)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def duration(ns: float) -> str:
+    """123 ns, 4.5 us, 6.7 ms, 1.23 s."""
+    if ns < 1_000:
+        return f"{ns:.0f} ns"
+    if ns < 1_000_000:
+        return f"{ns / 1e3:.1f} us"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.1f} ms"
+    return f"{ns / 1e9:.2f} s"
+
+
+def render(snapshot, top: int = 0, histogram: str | None = None) -> str:  # type: ignore[no-untyped-def]
+    """The snapshot as the table a person reads."""
+    scope = "and every process it forks" if snapshot.follow_forks else "only"
+    lines = [f"forkguard trace: pid {snapshot.pid} {scope}; {snapshot.elapsed_s:.2f} s, {snapshot.backend} backend, "
+             f"{snapshot.processes_seen} process{'es' if snapshot.processes_seen != 1 else ''} seen", ""]
+    header = f"{'syscall':<22}{'count':>10}{'errors':>9}{'total':>11}{'avg':>10}{'max':>10}{'p50':>10}{'p99':>10}"
+    lines.append(header)
+    rows = snapshot.syscalls[:top] if top else snapshot.syscalls
+    for s in rows:
+        lines.append(f"{s.name:<22}{s.count:>10}{s.errors:>9}{duration(s.total_ns):>11}{duration(s.avg_ns):>10}"
+                     f"{duration(s.max_ns):>10}{'<' + duration(s.percentile_ns(0.5)):>10}"
+                     f"{'<' + duration(s.percentile_ns(0.99)):>10}")
+    if top and len(snapshot.syscalls) > top:
+        lines.append(f"({len(snapshot.syscalls) - top} more syscalls)")
+    lines.append(f"{'total':<22}{snapshot.total_count:>10}{snapshot.total_errors:>9}{duration(snapshot.total_ns):>11}")
+    if snapshot.enrolments_dropped:
+        lines.append(f"\nwarning: {snapshot.enrolments_dropped} process(es) could not be traced: the process map is "
+                     f"full (--max-pids {snapshot.max_pids}); their syscalls are not counted")
+    if snapshot.processes is not None:
+        lines += ["", f"{'pid':>8}  {'comm':<16}{'count':>10}{'errors':>9}{'total':>11}  top syscalls"]
+        for p in sorted(snapshot.processes, key=lambda p: -p.count):
+            top3 = ", ".join(f"{name} {n}" for name, n in list(p.syscalls.items())[:3])
+            lines.append(f"{p.pid:>8}  {p.comm or '?':<16}{p.count:>10}{p.errors:>9}{duration(p.total_ns):>11}  {top3}")
+        if snapshot.per_process_dropped:
+            lines.append(f"warning: {snapshot.per_process_dropped} per-process records did not fit")
+    if histogram:
+        lines += ["", render_histogram(snapshot, histogram)]
+    return "\n".join(lines)
+
+
+def render_histogram(snapshot, name: str) -> str:  # type: ignore[no-untyped-def]
+    """The log2 latency histogram of syscall ``name``, as bars."""
+    stats = next((s for s in snapshot.syscalls if s.name == name), None)
+    if stats is None:
+        return f"{name}: no calls traced"
+    buckets = [(b, n) for b, n in enumerate(stats.histogram) if n]
+    first, last = buckets[0][0], buckets[-1][0]
+    peak = max(n for _, n in buckets)
+    lines = [f"{name} latency ({stats.count} calls)"]
+    for b in range(first, last + 1):
+        n = stats.histogram[b]
+        low = duration(0 if b == 0 else 1 << b)
+        bar = "@" * round(40 * n / peak) if n else ""
+        lines.append(f"  [{low:>8}, {duration(1 << (b + 1)):>8})  {n:>8} |{bar}")
+    return "\n".join(lines)

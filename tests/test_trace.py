@@ -1,0 +1,216 @@
+"""forkguard trace with real BPF programs in the running kernel, on workloads with exactly known syscalls.
+
+The workload makes N getppid() per process and getsid() only in forked children,
+so the exact counts say which processes were traced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+ROOT_GETPPID, CHILDREN, CHILD_GETPPID, CHILD_GETSID, EXEC_GETPPID = 300, 3, 50, 7, 40
+
+WORKLOAD = f'''
+import os, sys
+for _ in range({ROOT_GETPPID}):
+    os.getppid()
+pids = []
+for _ in range({CHILDREN}):
+    pid = os.fork()
+    if pid == 0:
+        for _ in range({CHILD_GETPPID}):
+            os.getppid()
+        for _ in range({CHILD_GETSID}):
+            os.getsid(0)
+        os._exit(0)
+    pids.append(pid)
+pid = os.fork()
+if pid == 0:   # a child that execs: its membership survives exec
+    os.execv(sys.executable, [sys.executable, "-S", "-c", "import os\\nfor _ in range({EXEC_GETPPID}): os.getppid()"])
+pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+'''
+
+
+def trace(args: list[str], command: list[str], *, check: bool = True) -> tuple[dict, subprocess.CompletedProcess]:
+    proc = subprocess.run([sys.executable, "-m", "forkguard", "trace", "--format", "json", *args, "--", *command],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return (json.loads(proc.stdout) if proc.stdout.strip() else {}), proc
+
+
+def count(report: dict, name: str) -> int:
+    return sum(s["count"] for s in report["syscalls"] if s["name"] == name)
+
+
+@pytest.fixture
+def workload(tmp_path: Path) -> list[str]:
+    script = tmp_path / "workload.py"
+    script.write_text(WORKLOAD)
+    return [sys.executable, "-S", str(script)]
+
+
+def test_exact_counts_for_the_root_alone_and_for_the_whole_tree(bpf, workload):
+    alone, _ = trace([], workload)
+    tree, _ = trace(["--follow-forks"], workload)
+    assert count(alone, "getppid") == ROOT_GETPPID
+    assert count(alone, "getsid") == 0                    # only the children make it
+    assert alone["processes_seen"] == 1
+    assert count(tree, "getppid") == ROOT_GETPPID + CHILDREN * CHILD_GETPPID + EXEC_GETPPID
+    assert count(tree, "getsid") == CHILDREN * CHILD_GETSID
+    assert tree["processes_seen"] == 1 + CHILDREN + 1
+    assert tree["enrolments_dropped"] == 0
+
+
+def test_per_process_breakdown_matches_each_process(bpf, workload):
+    report, _ = trace(["--follow-forks", "--per-process"], workload)
+    by_getsid = sorted(p["syscalls"].get("getsid", 0) for p in report["processes"])
+    assert by_getsid == [0, 0] + [CHILD_GETSID] * CHILDREN
+    getppid = sorted(p["syscalls"].get("getppid", 0) for p in report["processes"])
+    assert getppid == sorted([ROOT_GETPPID, EXEC_GETPPID] + [CHILD_GETPPID] * CHILDREN)
+
+
+def test_threads_are_counted_and_a_thread_exit_does_not_evict_its_process(bpf, tmp_path):
+    script = tmp_path / "threads.py"
+    script.write_text('''
+import os, threading
+pid = os.fork()
+if pid == 0:
+    def work():
+        for _ in range(100):
+            os.getppid()
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads: t.start()
+    for t in threads: t.join()        # the threads have exited...
+    for _ in range(50):               # ...and the process goes on
+        os.getppid()
+    os._exit(0)
+os.waitpid(pid, 0)
+''')
+    report, _ = trace(["--follow-forks"], [sys.executable, "-S", str(script)])
+    assert count(report, "getppid") == 3 * 100 + 50
+
+
+def test_sampling_never_changes_the_aggregate(bpf, workload):
+    counts = {}
+    for sample in ("0", "1", "1000"):
+        report, _ = trace(["--follow-forks", "--sample", sample], workload)
+        counts[sample] = (count(report, "getppid"), count(report, "getsid"))
+    expected = (ROOT_GETPPID + CHILDREN * CHILD_GETPPID + EXEC_GETPPID, CHILDREN * CHILD_GETSID)
+    assert counts == {"0": expected, "1": expected, "1000": expected}
+
+
+def test_a_full_process_map_is_counted_and_reported_not_a_crash(bpf, tmp_path):
+    script = tmp_path / "many.py"
+    script.write_text('''
+import os
+r, w = os.pipe()
+pids = []
+for _ in range(7):                    # 8 processes alive at once: the root and 7 children
+    pid = os.fork()
+    if pid == 0:
+        os.close(w)
+        os.read(r, 1)                 # wait until every child exists
+        for _ in range(10):
+            os.getppid()
+        os._exit(0)
+    pids.append(pid)
+os.close(r); os.close(w)
+for pid in pids:
+    os.waitpid(pid, 0)
+''')
+    report, _ = trace(["--follow-forks", "--max-pids", "2"], [sys.executable, "-S", str(script)])
+    assert report["processes_seen"] == 2 and report["enrolments_dropped"] == 6
+    assert count(report, "getppid") == 10         # the one child that fitted
+    table = subprocess.run([sys.executable, "-m", "forkguard", "trace", "-f", "--max-pids", "2", "--",
+                            sys.executable, "-S", str(script)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "6 process(es) could not be traced: the process map is full (--max-pids 2)" in table.stdout
+
+
+def test_attach_to_a_running_process_with_p(bpf, tmp_path):
+    go = tmp_path / "go"
+    target = subprocess.Popen([sys.executable, "-S", "-c", f'''
+import os, time
+while not os.path.exists({str(go)!r}):
+    time.sleep(0.01)
+for _ in range(123):
+    os.getppid()
+'''])
+    tracer = subprocess.Popen([sys.executable, "-m", "forkguard", "trace", "--format", "json", "-p", str(target.pid)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "tracing pid" in tracer.stderr.readline()     # attached
+    go.touch()
+    target.wait(30)
+    out, _ = tracer.communicate(timeout=30)
+    assert tracer.returncode == 0
+    assert count(json.loads(out), "getppid") == 123
+
+
+def test_the_commands_exit_status_is_passed_through(bpf):
+    _, proc = trace([], [sys.executable, "-S", "-c", "import sys; sys.exit(7)"], check=False)
+    assert proc.returncode == 7
+    _, proc = trace([], [sys.executable, "-S", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"],
+                    check=False)
+    assert proc.returncode == 128 + 15
+
+
+def test_json_output_follows_the_shipped_schema(bpf, workload):
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "forkguard" / "trace" / "schema.json").read_text())
+    report, _ = trace(["--follow-forks", "--per-process"], workload)
+    jsonschema.validate(report, schema)
+    bad = {**report, "syscalls": [{**report["syscalls"][0], "count": -1}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    getppid = next(s for s in report["syscalls"] if s["name"] == "getppid")
+    assert sum(getppid["histogram"]) == getppid["count"]
+    assert getppid["p50_ns"] <= getppid["p99_ns"] and getppid["max_ns"] <= getppid["total_ns"]
+
+
+def test_tracer_api_returns_plain_data(bpf, tmp_path):
+    from forkguard.trace import Tracer, spawn_held
+
+    script = tmp_path / "w.py"
+    script.write_text(WORKLOAD)
+    pid, release = spawn_held([sys.executable, "-S", str(script)])
+    with Tracer(pid, follow_forks=True) as tracer:
+        started = time.monotonic()
+        release()
+        os.waitpid(pid, 0)
+        snapshot = tracer.snapshot()
+    assert snapshot.count_of("getsid") == CHILDREN * CHILD_GETSID
+    assert snapshot.backend == "bpf" and snapshot.elapsed_s >= time.monotonic() - started - 1
+    assert snapshot.to_dict()["totals"]["count"] == snapshot.total_count
+
+
+@pytest.mark.parametrize("args, error", [
+    (["-p", "99999999"], "no process 99999999"),
+    ([], "give a process to trace"),
+    (["--max-pids", "0", "--", "true"], "--max-pids must be >= 1"),
+    (["--histogram", "nosuchcall", "--", "true"], "unknown syscall 'nosuchcall'"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, error):
+    proc = subprocess.run([sys.executable, "-m", "forkguard", "trace", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("forkguard trace: error: ") and error in proc.stderr
+
+
+def test_unprivileged_user_gets_a_clear_error(bpf, tmp_path):
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                           "forkguard", "trace", "--", "true"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 2
+    assert "loading BPF programs is not permitted: run as root (or with CAP_BPF and CAP_PERFMON)" in proc.stderr
