@@ -78,6 +78,15 @@ def test_per_process_breakdown_matches_each_process(bpf, workload):
     assert by_getsid == [0, 0] + [CHILD_GETSID] * CHILDREN
     getppid = sorted(p["syscalls"].get("getppid", 0) for p in report["processes"])
     assert getppid == sorted([ROOT_GETPPID, EXEC_GETPPID] + [CHILD_GETPPID] * CHILDREN)
+    assert all(p["comm"].startswith("python") for p in report["processes"])   # names kept after they exited
+
+
+def test_interval_prints_a_live_view_while_the_command_runs(bpf):
+    proc = subprocess.run([sys.executable, "-m", "forkguard", "trace", "--interval", "0.2", "--", sys.executable, "-S",
+                           "-c", "import os, time\nfor _ in range(10):\n    os.getppid(); time.sleep(0.1)"],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0
+    assert proc.stdout.count("forkguard trace: pid") >= 3   # refreshed views, then the final one
 
 
 def test_threads_are_counted_and_a_thread_exit_does_not_evict_its_process(bpf, tmp_path):

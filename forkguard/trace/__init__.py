@@ -177,10 +177,11 @@ class Tracer:
         if self.per_process:
             processes = []
             for tgid, by_nr in sorted(raw["per_process"].items()):
-                processes.append(ProcessStats(
-                    tgid, _comm(tgid), sum(v[0] for v in by_nr.values()), sum(v[1] for v in by_nr.values()),
-                    sum(v[2] for v in by_nr.values()),
-                    {names.get(nr, f"syscall_{nr}"): v[0] for nr, v in sorted(by_nr.items(), key=lambda i: -i[1][0])}))
+                count, errors, total = (sum(v[i] for v in by_nr.values()) for i in range(3))
+                ranked = sorted(by_nr.items(), key=lambda item: -item[1][0])
+                by_name = {names.get(nr, f"syscall_{nr}"): v[0] for nr, v in ranked}
+                comm = raw["comms"].get(tgid) or _comm(tgid)
+                processes.append(ProcessStats(tgid, comm, count, errors, total, by_name))
         from .bpf import programs
 
         return TraceSnapshot(

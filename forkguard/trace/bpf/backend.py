@@ -51,13 +51,16 @@ class BPFBackend:
         tgid = btf.member_offset("task_struct", "tgid")
         signal = btf.member_offset("task_struct", "signal")
         live = btf.member_offset("signal_struct", "live")
+        comm = btf.member_offset("task_struct", "comm")
         self.pids = self._map(MapType.BPF_MAP_TYPE_HASH, 4, 4, self.max_pids, "fg_pids")
-        self.inflight = self._map(MapType.BPF_MAP_TYPE_LRU_HASH, 4, 16, INFLIGHT_THREADS, "fg_inflight")
+        self.inflight = self._map(MapType.BPF_MAP_TYPE_HASH, 4, 16, INFLIGHT_THREADS, "fg_inflight")
         self.stats = self._map(MapType.BPF_MAP_TYPE_PERCPU_ARRAY, 4, programs.STATS.size, programs.NR_SLOTS,
                                "fg_stats")
         self.counters = self._map(MapType.BPF_MAP_TYPE_ARRAY, 4, 8, programs.N_COUNTERS, "fg_counters")
         self.proc = self._map(MapType.BPF_MAP_TYPE_PERCPU_HASH, programs.PROC_KEY.size, programs.PROC_STATS.size,
                               PROC_STATS_ENTRIES, "fg_proc") if self.per_process else None
+        self.comms = self._map(MapType.BPF_MAP_TYPE_HASH, 4, 16, self.max_pids, "fg_comms") \
+            if self.per_process else None
         self.events = self._map(MapType.BPF_MAP_TYPE_RINGBUF, 0, 0, RINGBUF_BYTES, "fg_events") \
             if self.sample else None
         sample_ctr = self._map(MapType.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "fg_sample") if self.sample else None
@@ -65,14 +68,16 @@ class BPFBackend:
 
         load = self._load
         self._attach_prog("sched_process_exit", load("fg_exit", programs.sched_process_exit(
-            self.pids.fd, self.counters.fd, tgid, signal, live)))
+            self.pids.fd, self.inflight.fd, self.counters.fd, tgid, signal, live,
+            self.comms.fd if self.comms else None, comm)))
         if self.follow_forks:
             self._attach_prog("sched_process_fork", load("fg_fork", programs.sched_process_fork(
                 self.pids.fd, self.counters.fd, tgid)))
         self._attach_prog("sys_exit", load("fg_sys_exit", programs.sys_exit(
             self.inflight.fd, self.stats.fd, self.counters.fd, self.proc.fd if self.proc else None,
             self.events.fd if self.events else None, self.sample, sample_ctr.fd if sample_ctr else None)))
-        self._attach_prog("sys_enter", load("fg_sys_enter", programs.sys_enter(self.pids.fd, self.inflight.fd)))
+        self._attach_prog("sys_enter", load("fg_sys_enter", programs.sys_enter(
+            self.pids.fd, self.inflight.fd, self.counters.fd)))
 
     def _map(self, map_type: MapType, key: int, value: int, entries: int, name: str) -> Map:
         new = Map(map_type, key, value, entries, name)
@@ -107,7 +112,13 @@ class BPFBackend:
                 values = self.proc.lookup(key) or []
                 totals = [sum(col) for col in zip(*(programs.PROC_STATS.unpack(v) for v in values), strict=True)]
                 per_process.setdefault(tgid, {})[nr] = totals
-        return {"syscalls": syscalls, "counters": counters, "per_process": per_process}
+        comms = {}
+        if self.comms is not None:
+            for key in self.comms.all_keys():
+                value = self.comms.lookup(key)
+                if value:
+                    comms[U32.unpack(key)[0]] = value[0].split(b"\0", 1)[0].decode(errors="replace")
+        return {"syscalls": syscalls, "counters": counters, "per_process": per_process, "comms": comms}
 
     def close(self) -> None:
         """Detach everything (attachments first, then programs, then maps)."""

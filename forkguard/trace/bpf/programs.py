@@ -2,7 +2,8 @@
 
 Seed 004's design: one map of traced processes (TGIDs) gates everything.
 
-- ``sys_enter``: a syscall of a traced process starts: remember (start time, number) by thread id.
+- ``sys_enter``: a syscall of a traced process starts: remember (start time, number) in the
+  thread's slot.
 - ``sys_exit``: it ends: add count, error, time, max and a log2 latency bucket to the per-CPU
   aggregate of its number (and, with ``per_process``, to the process's own); every
   ``sample``-th one goes to a ring buffer as an event. Sampling never touches the aggregate.
@@ -54,6 +55,7 @@ PROC_KEY = struct.Struct("<II")
 EVENT = struct.Struct("<QIIQqQ")
 # counters (a plain array, atomically updated)
 COUNTER_ENROLLED, COUNTER_ENROL_DROPPED, COUNTER_PROC_DROPPED, COUNTER_EVENTS_LOST, COUNTER_EXITED = range(5)
+COUNTER_UNTIMED = 5  # threads with no in-flight slot (map full): their syscalls were not counted
 N_COUNTERS = 8
 E2BIG, EEXIST = 7, 17  # include/uapi/asm-generic/errno-base.h
 
@@ -67,19 +69,30 @@ def _counter_add(a: Asm, counters_fd: int, index: int, scratch_off: int) -> None
     a.jmp_imm(JEQ, R0, 0, label).mov_imm(R1, 1).atomic_add(8, R0, 0, R1).label(label)
 
 
-def sys_enter(pids_fd: int, inflight_fd: int) -> bytes:
-    """raw_syscalls:sys_enter(regs, id)."""
+def sys_enter(pids_fd: int, inflight_fd: int, counters_fd: int) -> bytes:
+    """raw_syscalls:sys_enter(regs, id).
+
+    The thread's in-flight slot is written in place; only a thread's first
+    traced syscall inserts it (a hash insert costs far more than a store).
+    """
     a = Asm()
     a.mov_reg(R6, R1)  # ctx: struct bpf_raw_tracepoint_args { u64 args[]; }
     a.call(Helper.get_current_pid_tgid).mov_reg(R7, R0)
     a.alu_imm(RSH, R0, 32).store_reg(4, R10, -4, R0)  # tgid
     a.ld_map_fd(R1, pids_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -4).call(Helper.map_lookup_elem)
     a.jmp_imm(JEQ, R0, 0, "out")
-    a.call(Helper.ktime_get_ns).store_reg(8, R10, -24, R0)  # value: { start_ns, nr }
-    a.load(8, R1, R6, 8).store_reg(8, R10, -16, R1)
+    a.call(Helper.ktime_get_ns).mov_reg(R8, R0)
+    a.load(8, R9, R6, 8)  # the syscall number
     a.store_reg(4, R10, -28, R7)  # key: tid (low half of pid_tgid)
+    a.ld_map_fd(R1, inflight_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -28).call(Helper.map_lookup_elem)
+    a.jmp_imm(JEQ, R0, 0, "insert")
+    a.store_reg(8, R0, 8, R9).store_reg(8, R0, 0, R8).ja("out")
+    a.label("insert")
+    a.store_reg(8, R10, -24, R8).store_reg(8, R10, -16, R9)  # value: { start_ns, nr }
     a.ld_map_fd(R1, inflight_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -28)
     a.mov_reg(R3, R10).alu_imm(ADD, R3, -24).mov_imm(R4, BPF_ANY).call(Helper.map_update_elem)
+    a.jmp_imm(JEQ, R0, 0, "out")
+    _counter_add(a, counters_fd, COUNTER_UNTIMED, -32)  # no room for this thread: its syscalls go uncounted
     a.label("out").mov_imm(R0, 0).exit()
     return a.assemble()
 
@@ -94,7 +107,9 @@ def sys_exit(inflight_fd: int, stats_fd: int, counters_fd: int, proc_fd: int | N
     a.ld_map_fd(R1, inflight_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -4).call(Helper.map_lookup_elem)
     a.jmp_imm(JEQ, R0, 0, "out")
     a.load(8, R8, R0, 0).load(8, R9, R0, 8)  # start_ns, nr
-    a.ld_map_fd(R1, inflight_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -4).call(Helper.map_delete_elem)
+    # 0 marks the slot consumed: a return without its entry (a new thread's first return from
+    # clone, a syscall under way at attach) is not counted against an older start.
+    a.jmp_imm(JEQ, R8, 0, "out").store_imm(8, R0, 0, 0)
     a.call(Helper.ktime_get_ns).alu_reg(SUB, R0, R8).mov_reg(R8, R0)  # R8 = latency
     # error flag at fp-16: the return value is in [-4095, -1]
     a.store_imm(8, R10, -16, 0)
@@ -113,9 +128,11 @@ def sys_exit(inflight_fd: int, stats_fd: int, counters_fd: int, proc_fd: int | N
     a.store_reg(4, R10, -8, R9)
     a.ld_map_fd(R1, stats_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -8).call(Helper.map_lookup_elem)
     a.jmp_imm(JEQ, R0, 0, "per_process")
-    a.mov_imm(R1, 1).atomic_add(8, R0, 0, R1)
-    a.load(8, R1, R10, -16).atomic_add(8, R0, 8, R1)
-    a.atomic_add(8, R0, 16, R8)
+    # Plain adds, not atomic ones: the value is this CPU's, and this program does not
+    # nest with itself on a CPU.
+    a.load(8, R1, R0, 0).alu_imm(ADD, R1, 1).store_reg(8, R0, 0, R1)
+    a.load(8, R1, R0, 8).load(8, R2, R10, -16).alu_reg(ADD, R1, R2).store_reg(8, R0, 8, R1)
+    a.load(8, R1, R0, 16).alu_reg(ADD, R1, R8).store_reg(8, R0, 16, R1)
     a.load(8, R1, R0, 24).jmp_reg(JGE, R1, R8, "max_ok").store_reg(8, R0, 24, R8)
     a.label("max_ok")
     # log2 bucket of the latency, unrolled: R2 = floor(log2(R8)), at most 31
@@ -127,7 +144,7 @@ def sys_exit(inflight_fd: int, stats_fd: int, counters_fd: int, proc_fd: int | N
     a.jmp_imm(JGT, R2, HIST_BUCKETS - 1, "bucket_clamp").ja("bucket_ok")
     a.label("bucket_clamp").mov_imm(R2, HIST_BUCKETS - 1)
     a.label("bucket_ok")
-    a.alu_imm(LSH, R2, 3).alu_reg(ADD, R2, R0).mov_imm(R1, 1).atomic_add(8, R2, 32, R1)
+    a.alu_imm(LSH, R2, 3).alu_reg(ADD, R2, R0).load(8, R1, R2, 32).alu_imm(ADD, R1, 1).store_reg(8, R2, 32, R1)
 
     a.label("per_process")
     if proc_fd is not None:
@@ -194,11 +211,14 @@ def sched_process_fork(pids_fd: int, counters_fd: int, tgid_offset: int) -> byte
     return a.assemble()
 
 
-def sched_process_exit(pids_fd: int, counters_fd: int, tgid_offset: int, signal_offset: int,
-                       live_offset: int) -> bytes:
-    """sched:sched_process_exit(task, ...): remove the process once its last thread is gone."""
+def sched_process_exit(pids_fd: int, inflight_fd: int, counters_fd: int, tgid_offset: int, signal_offset: int,
+                       live_offset: int, comms_fd: int | None = None, comm_offset: int = 0) -> bytes:
+    """sched:sched_process_exit(task, ...): free the thread's in-flight slot; remove the process once its
+    last thread is gone. It runs in the exiting task's context."""
     a = Asm()
     a.load(8, R6, R1, 0)  # task
+    a.call(Helper.get_current_pid_tgid).store_reg(4, R10, -24, R0)
+    a.ld_map_fd(R1, inflight_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -24).call(Helper.map_delete_elem)
     a.mov_reg(R3, R6).alu_imm(ADD, R3, signal_offset)
     a.mov_reg(R1, R10).alu_imm(ADD, R1, -8).mov_imm(R2, 8).call(Helper.probe_read_kernel)
     a.jmp_imm(JNE, R0, 0, "out")
@@ -209,6 +229,13 @@ def sched_process_exit(pids_fd: int, counters_fd: int, tgid_offset: int, signal_
     a.mov_reg(R3, R6).alu_imm(ADD, R3, tgid_offset)
     a.mov_reg(R1, R10).alu_imm(ADD, R1, -16).mov_imm(R2, 4).call(Helper.probe_read_kernel)
     a.jmp_imm(JNE, R0, 0, "out")
+    if comms_fd is not None:  # keep the name of a traced process that is leaving, for the per-process table
+        a.ld_map_fd(R1, pids_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -16).call(Helper.map_lookup_elem)
+        a.jmp_imm(JEQ, R0, 0, "out")
+        a.mov_reg(R3, R6).alu_imm(ADD, R3, comm_offset)
+        a.mov_reg(R1, R10).alu_imm(ADD, R1, -48).mov_imm(R2, 16).call(Helper.probe_read_kernel)
+        a.ld_map_fd(R1, comms_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -16)
+        a.mov_reg(R3, R10).alu_imm(ADD, R3, -48).mov_imm(R4, BPF_ANY).call(Helper.map_update_elem)
     a.ld_map_fd(R1, pids_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -16).call(Helper.map_delete_elem)
     a.jmp_imm(JNE, R0, 0, "out")
     _counter_add(a, counters_fd, COUNTER_EXITED, -20)
