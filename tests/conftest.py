@@ -135,3 +135,15 @@ def bpf():
         if os.environ.get("FORKGUARD_REQUIRE_BPF") == "1":
             pytest.fail(f"BPF is required here (FORKGUARD_REQUIRE_BPF=1) but cannot be loaded: {exc}")
         pytest.skip(f"BPF cannot be loaded here: {exc}")
+
+
+def require_tool(name: str) -> str:
+    """An external tool's path; missing, the test skips, or fails under FORKGUARD_REQUIRE_BPF=1 (CI installs it)."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("FORKGUARD_REQUIRE_BPF") == "1":
+            pytest.fail(f"{name} is required in CI (.ci/run installs it) but is not on PATH")
+        pytest.skip(f"{name} is not installed")
+    return path

@@ -72,3 +72,12 @@ def test_inherited_example_contrasts_posix_and_forkguard():
         assert line in out, line
     parent, child = re.findall(r"(?:parent|child) +(\d+) sees (\d+)", out)
     assert parent[0] == parent[1] and child[0] == child[1] and parent[0] != child[0]
+
+
+def test_readme_check_example_verdicts():
+    """README's `forkguard check leaks` examples: the native leak is found, the bounded cache is not a leak."""
+    for target, expect in (("examples/leaky.py:leak_native", 1), ("examples/leaky.py:cached", 0)):
+        proc = subprocess.run([sys.executable, "-m", "forkguard", "check", "leaks", target, "--rounds", "6"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == expect, proc.stdout + proc.stderr
+        assert ("verdict: LEAK: RSS grows" in proc.stdout) == (expect == 1)

@@ -32,11 +32,12 @@ class Command(Protocol):
 
 
 def _commands() -> list[Command]:
+    from .check import CheckCommand
     from .doctor import DoctorCommand
     from .run import RunCommand
     from .trace import TraceCommand
 
-    return [RunCommand(), DoctorCommand(), TraceCommand()]
+    return [RunCommand(), DoctorCommand(), TraceCommand(), CheckCommand()]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 
+from .._procfs import running
 from . import ForkguardError
 
 
@@ -100,7 +101,7 @@ class TraceCommand:
                     if done:
                         code = os.waitstatus_to_exitcode(status)
                         return code if code >= 0 else 128 - code
-                elif not _alive(args.pid):
+                elif not running(args.pid):
                     return 0
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -124,15 +125,6 @@ class TraceCommand:
         print(render(snapshot, top=args.top, histogram=args.histogram), flush=True)
         if live:
             print(flush=True)
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie has finished)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def duration(ns: float) -> str:

@@ -1,0 +1,46 @@
+"""Small /proc readers shared by the CLI, trace and check (not imported by the runtime)."""
+
+from __future__ import annotations
+
+import os
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: state, ppid, ...; OSError when the process is gone."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` exists and has not finished (a zombie has)."""
+    try:
+        return stat_fields(pid)[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of ``root``, parents before children."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(stat_fields(int(entry))[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, queue = [], [root]
+    while queue:
+        for child in sorted(children.get(queue.pop(0), [])):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid`` joined by spaces, or "?" when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
