@@ -1,13 +1,15 @@
-"""forkguard trace with real BPF programs in the running kernel, on workloads with exactly known syscalls.
+"""forkguard trace with real BPF programs in the running kernel and with ptrace, on workloads with known syscalls.
 
 The workload makes N getppid() per process and getsid() only in forked children,
-so the exact counts say which processes were traced.
+so the exact counts say which processes were traced. Tests taking ``backend``
+run once per backend: both must give the same numbers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,8 +43,18 @@ for pid in pids:
 '''
 
 
-def trace(args: list[str], command: list[str], *, check: bool = True) -> tuple[dict, subprocess.CompletedProcess]:
-    proc = subprocess.run([sys.executable, "-m", "forkguard", "trace", "--format", "json", *args, "--", *command],
+@pytest.fixture(params=["bpf", "ptrace"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each backend in turn; the BPF run needs BPF (and fails without it under FORKGUARD_REQUIRE_BPF=1)."""
+    if request.param == "bpf":
+        request.getfixturevalue("bpf")
+    return request.param
+
+
+def trace(args: list[str], command: list[str], *, check: bool = True,
+          backend: str = "bpf") -> tuple[dict, subprocess.CompletedProcess]:
+    proc = subprocess.run([sys.executable, "-m", "forkguard", "trace", "--format", "json", "--backend", backend, *args,
+                           "--", *command],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if check:
         assert proc.returncode == 0, proc.stderr
@@ -60,9 +72,9 @@ def workload(tmp_path: Path) -> list[str]:
     return [sys.executable, "-S", str(script)]
 
 
-def test_exact_counts_for_the_root_alone_and_for_the_whole_tree(bpf, workload):
-    alone, _ = trace([], workload)
-    tree, _ = trace(["--follow-forks"], workload)
+def test_exact_counts_for_the_root_alone_and_for_the_whole_tree(backend, workload):
+    alone, _ = trace([], workload, backend=backend)
+    tree, _ = trace(["--follow-forks"], workload, backend=backend)
     assert count(alone, "getppid") == ROOT_GETPPID
     assert count(alone, "getsid") == 0                    # only the children make it
     assert alone["processes_seen"] == 1
@@ -72,8 +84,8 @@ def test_exact_counts_for_the_root_alone_and_for_the_whole_tree(bpf, workload):
     assert tree["enrolments_dropped"] == 0
 
 
-def test_per_process_breakdown_matches_each_process(bpf, workload):
-    report, _ = trace(["--follow-forks", "--per-process"], workload)
+def test_per_process_breakdown_matches_each_process(backend, workload):
+    report, _ = trace(["--follow-forks", "--per-process"], workload, backend=backend)
     by_getsid = sorted(p["syscalls"].get("getsid", 0) for p in report["processes"])
     assert by_getsid == [0, 0] + [CHILD_GETSID] * CHILDREN
     getppid = sorted(p["syscalls"].get("getppid", 0) for p in report["processes"])
@@ -89,7 +101,7 @@ def test_interval_prints_a_live_view_while_the_command_runs(bpf):
     assert proc.stdout.count("forkguard trace: pid") >= 3   # refreshed views, then the final one
 
 
-def test_threads_are_counted_and_a_thread_exit_does_not_evict_its_process(bpf, tmp_path):
+def test_threads_are_counted_and_a_thread_exit_does_not_evict_its_process(backend, tmp_path):
     script = tmp_path / "threads.py"
     script.write_text('''
 import os, threading
@@ -106,20 +118,20 @@ if pid == 0:
     os._exit(0)
 os.waitpid(pid, 0)
 ''')
-    report, _ = trace(["--follow-forks"], [sys.executable, "-S", str(script)])
+    report, _ = trace(["--follow-forks"], [sys.executable, "-S", str(script)], backend=backend)
     assert count(report, "getppid") == 3 * 100 + 50
 
 
-def test_sampling_never_changes_the_aggregate(bpf, workload):
+def test_sampling_never_changes_the_aggregate(backend, workload):
     counts = {}
     for sample in ("0", "1", "1000"):
-        report, _ = trace(["--follow-forks", "--sample", sample], workload)
+        report, _ = trace(["--follow-forks", "--sample", sample], workload, backend=backend)
         counts[sample] = (count(report, "getppid"), count(report, "getsid"))
     expected = (ROOT_GETPPID + CHILDREN * CHILD_GETPPID + EXEC_GETPPID, CHILDREN * CHILD_GETSID)
     assert counts == {"0": expected, "1": expected, "1000": expected}
 
 
-def test_a_full_process_map_is_counted_and_reported_not_a_crash(bpf, tmp_path):
+def test_a_full_process_map_is_counted_and_reported_not_a_crash(backend, tmp_path):
     script = tmp_path / "many.py"
     script.write_text('''
 import os
@@ -138,16 +150,17 @@ os.close(r); os.close(w)
 for pid in pids:
     os.waitpid(pid, 0)
 ''')
-    report, _ = trace(["--follow-forks", "--max-pids", "2"], [sys.executable, "-S", str(script)])
+    report, _ = trace(["--follow-forks", "--max-pids", "2"], [sys.executable, "-S", str(script)], backend=backend)
     assert report["processes_seen"] == 2 and report["enrolments_dropped"] == 6
     assert count(report, "getppid") == 10         # the one child that fitted
-    table = subprocess.run([sys.executable, "-m", "forkguard", "trace", "-f", "--max-pids", "2", "--",
+    table = subprocess.run([sys.executable, "-m", "forkguard", "trace", "-f", "--max-pids", "2", "--backend", backend,
+                            "--",
                             sys.executable, "-S", str(script)], capture_output=True, text=True, timeout=60,
                            env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "6 process(es) could not be traced: the process map is full (--max-pids 2)" in table.stdout
 
 
-def test_attach_to_a_running_process_with_p(bpf, tmp_path):
+def test_attach_to_a_running_process_with_p(backend, tmp_path):
     go = tmp_path / "go"
     target = subprocess.Popen([sys.executable, "-S", "-c", f'''
 import os, time
@@ -156,8 +169,8 @@ while not os.path.exists({str(go)!r}):
 for _ in range(123):
     os.getppid()
 '''])
-    tracer = subprocess.Popen([sys.executable, "-m", "forkguard", "trace", "--format", "json", "-p", str(target.pid)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    tracer = subprocess.Popen([sys.executable, "-m", "forkguard", "trace", "--format", "json", "--backend", backend,
+                               "-p", str(target.pid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert "tracing pid" in tracer.stderr.readline()     # attached
     go.touch()
@@ -167,11 +180,73 @@ for _ in range(123):
     assert count(json.loads(out), "getppid") == 123
 
 
-def test_the_commands_exit_status_is_passed_through(bpf):
-    _, proc = trace([], [sys.executable, "-S", "-c", "import sys; sys.exit(7)"], check=False)
+def tracer_pid(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("TracerPid:")).split()[1])
+
+
+def test_ctrl_c_detaches_and_leaves_the_attached_process_running_untraced(backend, tmp_path):
+    counter = tmp_path / "counter"
+    target = subprocess.Popen([sys.executable, "-S", "-c", f'''
+import os, time
+n = 0
+while True:
+    os.getppid()
+    n += 1
+    if n % 1000 == 0:
+        with open({str(counter)!r} + ".tmp", "w") as f:
+            f.write(str(n))
+        os.replace({str(counter)!r} + ".tmp", {str(counter)!r})
+'''])
+    try:
+        tracer = subprocess.Popen([sys.executable, "-m", "forkguard", "trace", "--format", "json", "--backend",
+                                   backend, "-p", str(target.pid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert "tracing pid" in tracer.stderr.readline()
+        time.sleep(0.5)
+        tracer.send_signal(signal.SIGINT)
+        out, _ = tracer.communicate(timeout=30)
+        assert tracer.returncode == 130
+        assert count(json.loads(out), "getppid") > 100         # it was traced...
+        assert tracer_pid(target.pid) == 0 and target.poll() is None   # ...and now runs on, untraced
+        before = int(counter.read_text())
+        time.sleep(0.5)
+        assert int(counter.read_text()) > before + 1000   # and keeps going
+    finally:
+        target.kill()
+        target.wait()
+
+
+def test_signals_reach_the_tracee_and_stop_continue_works(backend, tmp_path):
+    script = tmp_path / "signals.py"
+    script.write_text('''
+import os, signal, time
+got = []
+signal.signal(signal.SIGUSR1, lambda *a: got.append("usr1"))
+os.kill(os.getpid(), signal.SIGUSR1)
+pid = os.fork()
+if pid == 0:
+    time.sleep(0.2)
+    os._exit(3)
+os.kill(pid, signal.SIGSTOP)                       # a group-stop of a traced child...
+_, status = os.waitpid(pid, os.WUNTRACED)
+stopped = os.WIFSTOPPED(status)
+os.kill(pid, signal.SIGCONT)                       # ...and it goes on after SIGCONT
+_, status = os.waitpid(pid, 0)
+print("ok" if got == ["usr1"] and stopped and os.WEXITSTATUS(status) == 3 else f"bad {got} {stopped} {status}")
+''')
+    proc = subprocess.run([sys.executable, "-m", "forkguard", "trace", "-f", "--backend", backend, "--",
+                           sys.executable, "-S", str(script)], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "ok", proc.stdout
+
+
+def test_the_commands_exit_status_is_passed_through(backend):
+    _, proc = trace([], [sys.executable, "-S", "-c", "import sys; sys.exit(7)"], check=False, backend=backend)
     assert proc.returncode == 7
     _, proc = trace([], [sys.executable, "-S", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"],
-                    check=False)
+                    check=False, backend=backend)
     assert proc.returncode == 128 + 15
 
 
@@ -217,9 +292,20 @@ def test_bad_input_is_one_line_and_exit_2(args, error):
     assert proc.stderr.strip().splitlines()[-1].startswith("forkguard trace: error: ") and error in proc.stderr
 
 
-def test_unprivileged_user_gets_a_clear_error(bpf, tmp_path):
-    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
-                           "forkguard", "trace", "--", "true"], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+def test_unprivileged_user_falls_back_to_ptrace_or_gets_a_clear_error(bpf):
+    unprivileged = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "forkguard",
+                    "trace"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([*unprivileged, "--backend", "bpf", "--", "true"], capture_output=True, text=True,
+                          cwd="/", env=env, timeout=60)
     assert proc.returncode == 2
     assert "loading BPF programs is not permitted: run as root (or with CAP_BPF and CAP_PERFMON)" in proc.stderr
+    # /bin/sh, not this Python: a traced exec needs a binary its user may read, and this one may live under /root
+    proc = subprocess.run([*unprivileged, "-f", "--format", "json", "--", "/bin/sh", "-c", "/bin/true; /bin/true"],
+                          capture_output=True, text=True, cwd="/", env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "BPF unavailable (loading BPF programs is not permitted" in proc.stderr
+    assert "using the ptrace backend" in proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["backend"] == "ptrace"
+    assert count(report, "execve") == 3 and report["processes_seen"] >= 2   # sh, then two true

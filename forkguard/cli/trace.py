@@ -24,13 +24,16 @@ class TraceCommand:
             "  forkguard trace -p 1234                       # one process, until Ctrl-C\n"
             "  forkguard trace --follow-forks -- make -j2    # a command and all it forks\n"
             "  forkguard trace -f --per-process --format json -- python job.py\n\n"
-            "Counts are exact aggregates kept in the kernel (eBPF); needs root or CAP_BPF+CAP_PERFMON.\n"
-            "With a command, the exit status is the command's."
+            "Counts are exact aggregates kept in the kernel (eBPF, needs root or CAP_BPF+CAP_PERFMON);\n"
+            "where BPF cannot load, the ptrace backend counts the same things (slower; your own processes,\n"
+            "or any as root). With a command, the exit status is the command's."
         )
         target = parser.add_mutually_exclusive_group()
         target.add_argument("-p", "--pid", type=int, help="trace this running process")
         parser.add_argument("-f", "--follow-forks", action="store_true",
                             help="also trace every process the target forks from now on, across exec")
+        parser.add_argument("--backend", choices=("auto", "bpf", "ptrace"), default="auto",
+                            help="auto: BPF, else ptrace with a one-line notice (default)")
         parser.add_argument("--max-pids", type=int, default=8192, metavar="N",
                             help="bound on traced processes; enrolments past it are counted and reported (8192)")
         parser.add_argument("--sample", type=int, default=0, metavar="N",
@@ -69,7 +72,7 @@ class TraceCommand:
         if command:
             child, release = spawn_held(command)
         tracer = Tracer(child or args.pid, follow_forks=args.follow_forks, max_pids=args.max_pids,
-                        sample=args.sample, per_process=args.per_process)
+                        sample=args.sample, per_process=args.per_process, backend=args.backend)
         try:
             tracer.start()
         except TraceError as exc:
@@ -78,6 +81,9 @@ class TraceCommand:
                 os.waitpid(child, 0)
             raise ForkguardError(str(exc)) from None
         exit_code = 0
+        if tracer.fallback_reason:
+            print(f"forkguard trace: BPF unavailable ({tracer.fallback_reason}); using the ptrace backend",
+                  file=sys.stderr)
         print(f"forkguard trace: tracing pid {tracer.pid}{' and its descendants' if args.follow_forks else ''} "
               f"({'until it exits' if release else 'Ctrl-C to stop'})", file=sys.stderr, flush=True)
         try:
@@ -96,7 +102,11 @@ class TraceCommand:
         next_refresh = None if args.interval is None else time.monotonic() + args.interval
         try:
             while True:
-                if child:
+                if child and tracer.backend_name == "ptrace":  # ptrace reaps its tracees itself
+                    code = tracer.exit_code(child)
+                    if code is not None:
+                        return code if code >= 0 else 128 - code
+                elif child:
                     done, status = os.waitpid(child, os.WNOHANG)
                     if done:
                         code = os.waitstatus_to_exitcode(status)

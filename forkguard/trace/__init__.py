@@ -132,7 +132,13 @@ class Tracer:
     ``sample``: every N-th syscall also becomes an event (0: aggregate only).
     ``per_process``: keep a breakdown by process too. ``max_pids`` bounds the
     set of traced processes; enrolments that do not fit are counted.
+    ``backend``: ``"bpf"`` (exact in-kernel aggregates, needs root or
+    CAP_BPF+CAP_PERFMON), ``"ptrace"`` (works unprivileged on your own
+    processes, slower), or ``"auto"``: BPF, else ptrace, with the reason in
+    ``fallback_reason``.
     """
+
+    BACKENDS = ("auto", "bpf", "ptrace")
 
     def __init__(self, pid: int, *, follow_forks: bool = False, max_pids: int = 8192, sample: int = 0,
                  per_process: bool = False, backend: str = "bpf") -> None:
@@ -142,10 +148,11 @@ class Tracer:
             raise ValueError(f"max_pids must be an int >= 1, not {max_pids!r}")
         if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
             raise ValueError(f"sample must be an int >= 0 (0: no events), not {sample!r}")
-        if backend != "bpf":
-            raise ValueError(f"backend {backend!r} is not available; use 'bpf' (ptrace comes later)")
+        if backend not in self.BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(self.BACKENDS)}, not {backend!r}")
         self.pid, self.follow_forks, self.max_pids = pid, follow_forks, max_pids
-        self.sample, self.per_process = sample, per_process
+        self.sample, self.per_process, self.backend = sample, per_process, backend
+        self.fallback_reason: str | None = None
         self._backend = None
         self._started = 0.0
 
@@ -153,15 +160,42 @@ class Tracer:
         """Load and attach; TraceError with one line on failure (nothing left attached)."""
         if not os.path.exists(f"/proc/{self.pid}"):
             raise TraceError(f"no process {self.pid}: check the pid (ps -ef, pgrep)")
-        from .bpf.backend import BPFBackend, explain
+        args = (self.pid, self.follow_forks, self.max_pids, self.sample, self.per_process)
+        if self.backend in ("auto", "bpf"):
+            from .bpf.backend import BPFBackend, explain
 
-        backend = BPFBackend(self.pid, self.follow_forks, self.max_pids, self.sample, self.per_process)
+            backend = BPFBackend(*args)
+            try:
+                backend.attach()
+            except (OSError, LookupError) as exc:
+                if self.backend == "bpf":
+                    raise TraceError(explain(exc)) from exc
+                self.fallback_reason = explain(exc)
+            else:
+                self._backend, self._started = backend, time.monotonic()
+                return self
+        from .ptrace import PtraceBackend, explain_ptrace
+
+        backend = PtraceBackend(*args)
         try:
             backend.attach()
-        except (OSError, LookupError) as exc:
-            raise TraceError(explain(exc)) from exc
+        except OSError as exc:
+            raise TraceError(explain_ptrace(exc, self.pid)) from exc
         self._backend, self._started = backend, time.monotonic()
         return self
+
+    @property
+    def backend_name(self) -> str | None:
+        """"bpf" or "ptrace" once started."""
+        return self._backend.name if self._backend is not None else None
+
+    def exit_code(self, pid: int) -> int | None:
+        """The exit code of a traced process the ptrace backend saw end (negative: killed by that signal).
+
+        ptrace reaps its tracees itself, so a command started by this process is waited for through here.
+        """
+        codes = getattr(self._backend, "exit_codes", None)
+        return None if codes is None else codes.get(pid)
 
     def snapshot(self) -> TraceSnapshot:
         """The aggregates so far."""

@@ -139,7 +139,7 @@ def explain(exc: Exception) -> str:
         return f"{exc}; the BPF backend needs kernel BTF (CONFIG_DEBUG_INFO_BTF)"
     if isinstance(exc, BPFError) and exc.errno in (errno.EPERM, errno.EACCES):
         return ("loading BPF programs is not permitted: run as root (or with CAP_BPF and CAP_PERFMON); "
-                "the ptrace backend for unprivileged tracing is not there yet")
+                "or use the ptrace backend (--backend ptrace)")
     if isinstance(exc, BPFError) and exc.errno == errno.ENOSYS:
         return "this kernel has no bpf() system call (CONFIG_BPF_SYSCALL)"
     return str(exc).splitlines()[0]
