@@ -38,9 +38,18 @@ def descendants(root: int) -> list[int]:
 
 
 def cmdline(pid: int) -> str:
-    """The command line of ``pid`` joined by spaces, or "?" when it cannot be read."""
+    """The command line of ``pid`` joined by spaces, or "" when it cannot be read (gone, or a kernel thread)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
-        return "?"
+        return ""
+
+
+def comm(pid: int) -> str:
+    """The command name of ``pid`` (at most 15 characters), or "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""

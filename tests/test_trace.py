@@ -250,11 +250,12 @@ def test_the_commands_exit_status_is_passed_through(backend):
     assert proc.returncode == 128 + 15
 
 
-def test_json_output_follows_the_shipped_schema(bpf, workload):
+def test_json_output_follows_the_shipped_schema(backend, workload):
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((ROOT / "forkguard" / "trace" / "schema.json").read_text())
-    report, _ = trace(["--follow-forks", "--per-process"], workload)
+    report, _ = trace(["--follow-forks", "--per-process", "--tree"], workload, backend=backend)
     jsonschema.validate(report, schema)
+    assert report["backend"] == backend and len(report["tree"]) == 1 + CHILDREN + 1
     bad = {**report, "syscalls": [{**report["syscalls"][0], "count": -1}]}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
@@ -309,3 +310,82 @@ def test_unprivileged_user_falls_back_to_ptrace_or_gets_a_clear_error(bpf):
     report = json.loads(proc.stdout)
     assert report["backend"] == "ptrace"
     assert count(report, "execve") == 3 and report["processes_seen"] >= 2   # sh, then two true
+
+
+TREE_WORKLOAD = '''
+import os, signal, time
+pid = os.fork()
+if pid == 0:                                   # a child that forks a grandchild, which execs sh
+    grandchild = os.fork()
+    if grandchild == 0:
+        os.execv("/bin/sh", ["/bin/sh", "-c", "exit 5"])
+    os.waitpid(grandchild, 0)
+    os._exit(2)
+os.waitpid(pid, 0)
+pid = os.fork()
+if pid == 0:                                   # a child killed by SIGTERM
+    time.sleep(30)
+    os._exit(0)
+os.kill(pid, signal.SIGTERM)
+os.waitpid(pid, 0)
+'''
+
+
+def test_tree_view_matches_the_fork_exec_exit_structure(backend, tmp_path):
+    script = tmp_path / "tree.py"
+    script.write_text(TREE_WORKLOAD)
+    report, _ = trace(["-f", "--tree"], [sys.executable, "-S", str(script)], backend=backend)
+    root, child, grandchild, killed = report["tree"]
+    assert root["ppid"] is None and root["exit_code"] == 0 and str(script) in root["cmdline"]
+    assert child["ppid"] == root["pid"] and child["exit_code"] == 2 and child["execs"] == []
+    assert grandchild["ppid"] == child["pid"] and grandchild["exit_code"] == 5
+    assert len(grandchild["execs"]) == 1 and "sh" in grandchild["execs"][0]["cmdline"]
+    assert killed["ppid"] == root["pid"] and killed["signal"] == 15 and killed["exit_code"] is None
+    assert child["start_s"] <= grandchild["start_s"] <= grandchild["execs"][0]["at_s"] <= grandchild["exit_s"]
+    assert grandchild["exit_s"] <= child["exit_s"] <= killed["start_s"] <= killed["exit_s"] <= root["exit_s"]
+    assert root["syscalls"] > 100 and child["syscalls"] > 0 and grandchild["syscalls"] > 10
+    table = subprocess.run([sys.executable, "-m", "forkguard", "trace", "-f", "--tree", "--backend", backend, "--",
+                            sys.executable, "-S", str(script)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+    drawn = table.stdout[table.stdout.index("process tree"):].splitlines()
+    assert drawn[1].split()[0].isdigit() and "exit 0 at" in drawn[1]
+    assert drawn[2].startswith("├─ ") and "exit 2 at" in drawn[2]
+    assert drawn[3].startswith("│  └─ ") and "exit 5 at" in drawn[3] and " exec " in drawn[3]
+    assert drawn[4].startswith("└─ ") and "killed by SIGTERM" in drawn[4]
+
+
+def test_events_are_json_lines_at_the_sampling_rate(backend, workload):
+    proc = subprocess.run([sys.executable, "-m", "forkguard", "trace", "--format", "json", "--backend", backend,
+                           "--events", "--sample", "10", "--", *workload], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    events, report = lines[:-1], lines[-1]
+    assert all(e["type"] == "event" and e["pid"] == report["pid"] and e["syscall"] and e["latency_ns"] >= 0
+               for e in events)
+    total = report["totals"]["count"]
+    cpus = os.cpu_count() or 1
+    # ptrace samples one counter; BPF keeps one per CPU, so up to (N-1) syscalls per CPU stay unsampled
+    low = total // 10 if backend == "ptrace" else total // 10 - cpus
+    assert low <= len(events) <= total // 10 and report["events_lost"] == 0
+    assert sorted(e["at_s"] for e in events) == [e["at_s"] for e in events] or backend == "bpf"
+
+
+def test_openmetrics_export_parses_and_is_replaced_atomically(backend, workload, tmp_path):
+    parser = pytest.importorskip("prometheus_client.openmetrics.parser")
+    out = tmp_path / "metrics" / "forkguard.prom"
+    out.parent.mkdir()
+    trace(["-f", "--per-process", "--format", "openmetrics", "--output", str(out)], workload, backend=backend)
+    families = {f.name: f for f in parser.text_string_to_metric_families(out.read_text())}
+    calls = {s.labels["syscall"]: s.value for s in families["forkguard_trace_syscalls"].samples}
+    assert calls["getppid"] == ROOT_GETPPID + CHILDREN * CHILD_GETPPID + EXEC_GETPPID
+    assert calls["getsid"] == CHILDREN * CHILD_GETSID
+    latency = [s for s in families["forkguard_trace_syscall_latency_seconds"].samples
+               if s.labels["syscall"] == "getsid"]
+    assert next(s.value for s in latency if s.name.endswith("_count")) == CHILDREN * CHILD_GETSID
+    assert next(s.value for s in latency if s.labels.get("le") == "+Inf") == CHILDREN * CHILD_GETSID
+    info = families["forkguard_trace_target"].samples[0]
+    assert info.labels["backend"] == backend and info.labels["follow_forks"] == "true"
+    assert families["forkguard_trace_processes_seen"].samples[0].value == 1 + CHILDREN + 1
+    assert len(families["forkguard_trace_process_syscalls"].samples) == 1 + CHILDREN + 1
+    assert os.listdir(out.parent) == ["forkguard.prom"] and oct(out.stat().st_mode & 0o777) == "0o644"

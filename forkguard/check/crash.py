@@ -161,7 +161,7 @@ def hang(command: list[str], timeout: float) -> HangReport:
         processes, note = [], ""
         for pid in pids:
             native, note = _gdb_attach(pid)
-            processes.append(ProcessStacks(pid, cmdline(pid), _read_stacks(site, pid), native))
+            processes.append(ProcessStacks(pid, cmdline(pid) or "?", _read_stacks(site, pid), native))
         for pid in reversed(pids):
             try:
                 os.kill(pid, signal.SIGKILL)

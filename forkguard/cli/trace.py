@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import asdict
 
 from .._procfs import running
 from . import ForkguardError
@@ -23,7 +24,10 @@ class TraceCommand:
             "examples:\n"
             "  forkguard trace -p 1234                       # one process, until Ctrl-C\n"
             "  forkguard trace --follow-forks -- make -j2    # a command and all it forks\n"
-            "  forkguard trace -f --per-process --format json -- python job.py\n\n"
+            "  forkguard trace -f --per-process --format json -- python job.py\n"
+            "  forkguard trace -f --tree -- make -j2                # who forked and exec'd what\n"
+            "  forkguard trace --events --sample 100 -p 1234        # every 100th syscall, live\n"
+            "  forkguard trace -f --format openmetrics -o /var/lib/node_exporter/fg.prom --interval 15 -p 1234\n\n"
             "Counts are exact aggregates kept in the kernel (eBPF, needs root or CAP_BPF+CAP_PERFMON);\n"
             "where BPF cannot load, the ptrace backend counts the same things (slower; your own processes,\n"
             "or any as root). With a command, the exit status is the command's."
@@ -40,8 +44,19 @@ class TraceCommand:
                             help="also emit every N-th syscall as an event (0: aggregates only); counts never depend "
                                  "on it")
         parser.add_argument("--per-process", action="store_true", help="break the counts down by process")
+        parser.add_argument("--tree", action="store_true",
+                            help="show the processes the target created: fork, exec and exit times, exit status or "
+                                 "signal, command line, syscall totals (in JSON: \"tree\")")
+        parser.add_argument("--events", action="store_true",
+                            help="print sampled syscalls as they happen (time, pid, comm, syscall, return value, "
+                                 "latency): every --sample N-th one (1 if not given); JSON lines with --format json")
         parser.add_argument("--histogram", metavar="SYSCALL", help="draw the latency histogram of this syscall")
-        parser.add_argument("--format", choices=("table", "json"), default="table")
+        parser.add_argument("--format", choices=("table", "json", "openmetrics"), default="table",
+                            help="table (default), json (forkguard/trace/schema.json) or openmetrics (text format "
+                                 "for Prometheus; metric names in README)")
+        parser.add_argument("-o", "--output", metavar="FILE",
+                            help="write the report to FILE instead of stdout, replaced atomically at each --interval "
+                                 "(e.g. a node_exporter textfile collector's *.prom)")
         parser.add_argument("--interval", type=float, metavar="S", help="refresh the table every S seconds")
         parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
         parser.add_argument("--top", type=int, default=0, metavar="N", help="show only the N most frequent syscalls")
@@ -60,6 +75,12 @@ class TraceCommand:
         for flag, value in (("--interval", args.interval), ("--duration", args.duration)):
             if value is not None and not value > 0:
                 raise ForkguardError(f"{flag} must be a number of seconds > 0, not {value}")
+        if args.events and args.sample == 0:
+            args.sample = 1
+        if args.events and args.format == "openmetrics":
+            raise ForkguardError("--events prints lines or JSON lines: use --format table or json with it")
+        if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+            raise ForkguardError(f"cannot write {args.output}: its directory does not exist")
         if args.histogram:
             from ..trace.syscalls import number_of
 
@@ -72,7 +93,7 @@ class TraceCommand:
         if command:
             child, release = spawn_held(command)
         tracer = Tracer(child or args.pid, follow_forks=args.follow_forks, max_pids=args.max_pids,
-                        sample=args.sample, per_process=args.per_process, backend=args.backend)
+                        sample=args.sample, per_process=args.per_process, backend=args.backend, tree=args.tree)
         try:
             tracer.start()
         except TraceError as exc:
@@ -91,6 +112,8 @@ class TraceCommand:
                 release()
             exit_code = self._wait(args, tracer, child)
             snapshot = tracer.snapshot()
+            if args.events:
+                self._print_events(args, tracer)
         finally:
             tracer.close()
         self._print(args, snapshot, exit_code if child else None)
@@ -119,21 +142,54 @@ class TraceCommand:
                 if next_refresh is not None and now >= next_refresh:
                     self._print(args, tracer.snapshot(), None, live=True)
                     next_refresh = now + args.interval
+                tracer.poll()
+                if args.events:
+                    self._print_events(args, tracer)
                 time.sleep(0.02)
         except KeyboardInterrupt:
             return 130
+
+    def _print_events(self, args: argparse.Namespace, tracer) -> None:  # type: ignore[no-untyped-def]
+        lines = []
+        if args.format != "json" and not getattr(self, "_events_header", False):
+            self._events_header = True
+            lines.append(f"{'time_s':>12} {'pid':>7} {'tid':>7} {'comm':<16} {'syscall':<18} {'return':>12} "
+                         f"{'latency':>10}")
+        for e in tracer.events():
+            if args.format == "json":
+                lines.append(json.dumps({"type": "event", **asdict(e)}))
+            else:
+                lines.append(f"{e.at_s:12.6f} {e.pid:>7} {e.tid:>7} {e.comm:<16} {e.syscall:<18} {e.ret:>12} "
+                             f"{duration(e.latency_ns):>10}")
+        if lines:
+            print("\n".join(lines), flush=True)
 
     def _print(self, args: argparse.Namespace, snapshot, exit_code: int | None, live: bool = False) -> None:  # type: ignore[no-untyped-def]
         if args.format == "json":
             data = snapshot.to_dict()
             if exit_code is not None:
                 data["exit_code"] = exit_code
-            print(json.dumps(data, indent=None if live else 2), flush=True)
+            # one line when it follows events or refreshes, so that the output stays JSON lines
+            text = json.dumps(data, indent=None if (live or args.events) and not args.output else 2)
+        elif args.format == "openmetrics":
+            from ..trace.openmetrics import render as render_openmetrics
+
+            text = render_openmetrics(snapshot).rstrip("\n")
+        else:
+            text = render(snapshot, top=args.top, histogram=args.histogram)
+            if snapshot.tree is not None:
+                from ..trace.tree import render_tree
+
+                text += "\n\n" + render_tree(snapshot.tree)
+        if args.output:
+            from ..trace.openmetrics import write_atomically
+
+            write_atomically(args.output, text + "\n")
             return
-        if live and sys.stdout.isatty():
+        if live and args.format == "table" and sys.stdout.isatty():
             print("\033[H\033[2J", end="")
-        print(render(snapshot, top=args.top, histogram=args.histogram), flush=True)
-        if live:
+        print(text, flush=True)
+        if live and args.format == "table":
             print(flush=True)
 
 

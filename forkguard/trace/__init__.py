@@ -72,6 +72,7 @@ class TraceSnapshot:
     events_lost: int = 0
     max_pids: int = 0
     sample: int = 0
+    tree: list[dict[str, object]] | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -110,7 +111,22 @@ class TraceSnapshot:
         if self.processes is not None:
             data["processes"] = [asdict(p) for p in self.processes]
             data["per_process_dropped"] = self.per_process_dropped
+        if self.tree is not None:
+            data["tree"] = self.tree
         return data
+
+
+@dataclass(frozen=True)
+class SyscallEvent:
+    """One sampled syscall: when it returned (s from the start of tracing), who made it, what it returned."""
+
+    at_s: float
+    pid: int
+    tid: int
+    comm: str
+    syscall: str
+    ret: int
+    latency_ns: int
 
 
 def percentile_ns(histogram: tuple[int, ...] | list[int], q: float) -> int:
@@ -135,13 +151,16 @@ class Tracer:
     ``backend``: ``"bpf"`` (exact in-kernel aggregates, needs root or
     CAP_BPF+CAP_PERFMON), ``"ptrace"`` (works unprivileged on your own
     processes, slower), or ``"auto"``: BPF, else ptrace, with the reason in
-    ``fallback_reason``.
+    ``fallback_reason``. ``tree``: record every traced process's fork, exec and
+    exit for the process-tree view (implies ``per_process``).
     """
+
+    MAX_PENDING_EVENTS = 100_000
 
     BACKENDS = ("auto", "bpf", "ptrace")
 
     def __init__(self, pid: int, *, follow_forks: bool = False, max_pids: int = 8192, sample: int = 0,
-                 per_process: bool = False, backend: str = "bpf") -> None:
+                 per_process: bool = False, backend: str = "bpf", tree: bool = False) -> None:
         if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
             raise ValueError(f"pid must be a positive int, not {pid!r}")
         if isinstance(max_pids, bool) or not isinstance(max_pids, int) or max_pids < 1:
@@ -151,8 +170,12 @@ class Tracer:
         if backend not in self.BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(self.BACKENDS)}, not {backend!r}")
         self.pid, self.follow_forks, self.max_pids = pid, follow_forks, max_pids
-        self.sample, self.per_process, self.backend = sample, per_process, backend
+        self.sample, self.per_process, self.backend, self.tree = sample, per_process or tree, backend, tree
         self.fallback_reason: str | None = None
+        self._pending: list[SyscallEvent] = []
+        self._events_dropped = 0
+        self._started_ns = 0
+        self._comms: dict[int, str] = {}
         self._backend = None
         self._started = 0.0
 
@@ -160,7 +183,8 @@ class Tracer:
         """Load and attach; TraceError with one line on failure (nothing left attached)."""
         if not os.path.exists(f"/proc/{self.pid}"):
             raise TraceError(f"no process {self.pid}: check the pid (ps -ef, pgrep)")
-        args = (self.pid, self.follow_forks, self.max_pids, self.sample, self.per_process)
+        args = (self.pid, self.follow_forks, self.max_pids, self.sample, self.per_process, self.tree)
+        self._started_ns = time.monotonic_ns()
         if self.backend in ("auto", "bpf"):
             from .bpf.backend import BPFBackend, explain
 
@@ -172,7 +196,7 @@ class Tracer:
                     raise TraceError(explain(exc)) from exc
                 self.fallback_reason = explain(exc)
             else:
-                self._backend, self._started = backend, time.monotonic()
+                self._backend, self._started, self._started_ns = backend, time.monotonic(), time.monotonic_ns()
                 return self
         from .ptrace import PtraceBackend, explain_ptrace
 
@@ -181,7 +205,7 @@ class Tracer:
             backend.attach()
         except OSError as exc:
             raise TraceError(explain_ptrace(exc, self.pid)) from exc
-        self._backend, self._started = backend, time.monotonic()
+        self._backend, self._started, self._started_ns = backend, time.monotonic(), time.monotonic_ns()
         return self
 
     @property
@@ -197,10 +221,33 @@ class Tracer:
         codes = getattr(self._backend, "exit_codes", None)
         return None if codes is None else codes.get(pid)
 
+    def events(self) -> list[SyscallEvent]:
+        """The sampled events (every ``sample``-th syscall) since the last call, oldest first."""
+        self.poll()
+        events, self._pending = self._pending, []
+        return events
+
+    def poll(self) -> None:
+        """Collect what the backend has so far (tree records, sampled events); call it often so the tree has
+        the command line of short-lived processes (read from /proc when their exec is seen)."""
+        if self._backend is None:
+            return
+        names = _syscalls.names()
+        for ts, tid, tgid, nr, ret, latency in self._backend.poll():
+            if len(self._pending) >= self.MAX_PENDING_EVENTS:
+                self._events_dropped += 1
+                continue
+            name = self._comms.get(tgid)
+            if name is None:
+                name = self._comms[tgid] = _comm(tgid)
+            self._pending.append(SyscallEvent(round((ts - self._started_ns) / 1e9, 6), tgid, tid, name,
+                                              names.get(nr, f"syscall_{nr}"), ret, latency))
+
     def snapshot(self) -> TraceSnapshot:
         """The aggregates so far."""
         if self._backend is None:
             raise TraceError("the tracer is not attached: call start() or use it in a with block")
+        self.poll()
         raw = self._backend.read()
         names = _syscalls.names()
         stats = [SyscallStats(nr, names.get(nr, f"syscall_{nr}"), f[0], f[1], f[2], f[3], tuple(f[4:]))
@@ -224,8 +271,15 @@ class Tracer:
             processes_seen=1 + counters[programs.COUNTER_ENROLLED],
             enrolments_dropped=counters[programs.COUNTER_ENROL_DROPPED], processes=processes,
             per_process_dropped=counters[programs.COUNTER_PROC_DROPPED],
-            events_lost=counters[programs.COUNTER_EVENTS_LOST], max_pids=self.max_pids, sample=self.sample,
+            events_lost=counters[programs.COUNTER_EVENTS_LOST] + self._events_dropped, max_pids=self.max_pids,
+            sample=self.sample, tree=self._tree(processes) if self.tree else None,
         )
+
+    def _tree(self, processes: list[ProcessStats] | None) -> list[dict[str, object]]:
+        from .tree import tree_records
+
+        totals = {p.pid: p.count for p in processes or []}
+        return tree_records(dict(self._backend.processes), self._started_ns, totals)  # type: ignore[union-attr]
 
     def close(self) -> None:
         """Detach; the target runs on untraced."""

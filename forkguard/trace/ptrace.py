@@ -24,7 +24,9 @@ import struct
 import threading
 import time
 
+from .._procfs import cmdline, comm
 from .bpf import programs
+from .tree import new_process
 
 PTRACE_CONT, PTRACE_SYSCALL, PTRACE_DETACH = 7, 24, 17
 PTRACE_SETOPTIONS, PTRACE_GETEVENTMSG = 0x4200, 0x4201
@@ -69,20 +71,13 @@ def _tgid_of(tid: int) -> int:
     return tid
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
 class PtraceBackend:
     """Counts syscalls by stopping the tracees at each one (see the module docstring)."""
 
     name = "ptrace"
 
-    def __init__(self, pid: int, follow_forks: bool, max_pids: int, sample: int, per_process: bool) -> None:
+    def __init__(self, pid: int, follow_forks: bool, max_pids: int, sample: int, per_process: bool,
+                 tree: bool = False) -> None:
         self.pid, self.follow_forks, self.max_pids = pid, follow_forks, max_pids
         self.sample, self.per_process = sample, per_process
         self.stats: dict[int, list[int]] = {}
@@ -148,9 +143,7 @@ class PtraceBackend:
     def _seize_all(self) -> None:
         """Seize every thread of the target (again until no new thread shows up), then interrupt each."""
         now = time.monotonic_ns()
-        self.processes[self.pid] = {"pid": self.pid, "ppid": None, "start_ns": now, "execs": [],
-                                    "exit_ns": None, "exit_code": None, "comm": _read(f"/proc/{self.pid}/comm"),
-                                    "cmdline": _read(f"/proc/{self.pid}/cmdline")}
+        self.processes[self.pid] = new_process(self.pid, None, now)
         while True:
             try:
                 tids = {int(t) for t in os.listdir(f"/proc/{self.pid}/task")}
@@ -301,9 +294,9 @@ class PtraceBackend:
                 self._tgid.pop(former.value, None)
             record = self.processes.get(self._tgid.get(tid, tid))
             if record is not None:
-                cmdline = _read(f"/proc/{tid}/cmdline")
-                record["execs"].append({"ns": now, "cmdline": cmdline})  # type: ignore[union-attr]
-                record["cmdline"], record["comm"] = cmdline, _read(f"/proc/{tid}/comm")
+                command = cmdline(tid)
+                record["execs"].append({"ns": now, "cmdline": command})  # type: ignore[union-attr]
+                record["cmdline"], record["comm"] = command, comm(tid)
             self._resume(tid, 0)
         elif event == EVENT_STOP:
             if sig in STOP_SIGNALS:  # group-stop: stay stopped until SIGCONT, still traced
@@ -326,9 +319,7 @@ class PtraceBackend:
                 self.counters[programs.COUNTER_ENROL_DROPPED] += 1
                 self._detach_on_stop.add(tid)
                 return
-            self.processes[tgid] = {"pid": tgid, "ppid": parent_tgid, "start_ns": now, "execs": [],
-                                    "exit_ns": None, "exit_code": None, "comm": _read(f"/proc/{tid}/comm"),
-                                    "cmdline": _read(f"/proc/{tid}/cmdline")}
+            self.processes[tgid] = new_process(tgid, parent_tgid, now)
             self.counters[programs.COUNTER_ENROLLED] += 1
 
     def _detach_all(self) -> None:
@@ -368,6 +359,13 @@ class PtraceBackend:
             pending.discard(tid)
         self._tgid.clear()
         self._entry.clear()
+
+    def poll(self) -> list[tuple[int, int, int, int, int, int]]:
+        """The sampled events since the last poll: (ts_ns, tid, tgid, nr, ret, latency_ns)."""
+        events = []
+        while self.events:
+            events.append(self.events.popleft())
+        return events
 
     def read(self) -> dict[str, object]:
         """The numbers now, in the BPF backend's shape."""

@@ -39,6 +39,7 @@ class Helper(enum.IntEnum):
     ktime_get_ns = 5
     get_smp_processor_id = 8
     get_current_pid_tgid = 14
+    get_current_comm = 16
     probe_read_kernel = 113
     ringbuf_output = 130
 

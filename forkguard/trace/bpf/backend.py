@@ -10,7 +10,10 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import time
 
+from ..._procfs import cmdline as read_cmdline
+from ..tree import new_process
 from . import programs
 from .btf import BTFError, vmlinux
 from .kernel import (
@@ -18,6 +21,7 @@ from .kernel import (
     Map,
     MapType,
     ProgType,
+    RingBuffer,
     attach_raw_tracepoint,
     load_program,
 )
@@ -26,6 +30,7 @@ U32, U64 = struct.Struct("<I"), struct.Struct("<Q")
 INFLIGHT_THREADS = 65536
 PROC_STATS_ENTRIES = 16384
 RINGBUF_BYTES = 1 << 20
+LIFE_RING_BYTES = 1 << 18
 
 
 class BPFBackend:
@@ -33,9 +38,14 @@ class BPFBackend:
 
     name = "bpf"
 
-    def __init__(self, pid: int, follow_forks: bool, max_pids: int, sample: int, per_process: bool) -> None:
+    def __init__(self, pid: int, follow_forks: bool, max_pids: int, sample: int, per_process: bool,
+                 tree: bool = False) -> None:
         self.pid, self.follow_forks, self.max_pids = pid, follow_forks, max_pids
-        self.sample, self.per_process = sample, per_process
+        self.sample, self.per_process, self.tree = sample, per_process, tree
+        self.processes: dict[int, dict[str, object]] = {}  # tgid -> the tree view's record
+        self._rings: list[RingBuffer] = []
+        self._event_ring: RingBuffer | None = None
+        self._life_ring: RingBuffer | None = None
         self._maps: list[Map] = []
         self._fds: list[int] = []
 
@@ -52,6 +62,7 @@ class BPFBackend:
         signal = btf.member_offset("task_struct", "signal")
         live = btf.member_offset("signal_struct", "live")
         comm = btf.member_offset("task_struct", "comm")
+        exit_code = btf.member_offset("task_struct", "exit_code")
         self.pids = self._map(MapType.BPF_MAP_TYPE_HASH, 4, 4, self.max_pids, "fg_pids")
         self.inflight = self._map(MapType.BPF_MAP_TYPE_HASH, 4, 16, INFLIGHT_THREADS, "fg_inflight")
         self.stats = self._map(MapType.BPF_MAP_TYPE_PERCPU_ARRAY, 4, programs.STATS.size, programs.NR_SLOTS,
@@ -64,15 +75,26 @@ class BPFBackend:
         self.events = self._map(MapType.BPF_MAP_TYPE_RINGBUF, 0, 0, RINGBUF_BYTES, "fg_events") \
             if self.sample else None
         sample_ctr = self._map(MapType.BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, 1, "fg_sample") if self.sample else None
+        self.life = self._map(MapType.BPF_MAP_TYPE_RINGBUF, 0, 0, LIFE_RING_BYTES, "fg_life") if self.tree else None
+        if self.events is not None:
+            self._event_ring = RingBuffer(self.events)
+            self._rings.append(self._event_ring)
+        if self.life is not None:
+            self._life_ring = RingBuffer(self.life)
+            self._rings.append(self._life_ring)
+            self.processes[self.pid] = new_process(self.pid, None, time.monotonic_ns())
         self.pids.update(U32.pack(self.pid), U32.pack(1))
+        life = self.life.fd if self.life else None
 
         load = self._load
         self._attach_prog("sched_process_exit", load("fg_exit", programs.sched_process_exit(
             self.pids.fd, self.inflight.fd, self.counters.fd, tgid, signal, live,
-            self.comms.fd if self.comms else None, comm)))
+            self.comms.fd if self.comms else None, comm, life, exit_code)))
         if self.follow_forks:
             self._attach_prog("sched_process_fork", load("fg_fork", programs.sched_process_fork(
-                self.pids.fd, self.counters.fd, tgid)))
+                self.pids.fd, self.counters.fd, tgid, life)))
+        if life is not None:
+            self._attach_prog("sched_process_exec", load("fg_exec", programs.sched_process_exec(self.pids.fd, life)))
         self._attach_prog("sys_exit", load("fg_sys_exit", programs.sys_exit(
             self.inflight.fd, self.stats.fd, self.counters.fd, self.proc.fd if self.proc else None,
             self.events.fd if self.events else None, self.sample, sample_ctr.fd if sample_ctr else None)))
@@ -120,8 +142,37 @@ class BPFBackend:
                     comms[U32.unpack(key)[0]] = value[0].split(b"\0", 1)[0].decode(errors="replace")
         return {"syscalls": syscalls, "counters": counters, "per_process": per_process, "comms": comms}
 
+    def poll(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Drain the ring buffers: apply process-tree events, return sampled syscall events
+        (ts_ns, tid, tgid, nr, ret, latency_ns)."""
+        if self._life_ring is not None:
+            for record in self._life_ring.drain():
+                kind, pid, ppid, code, ts, comm = programs.LIFE.unpack(record)
+                name = comm.split(b"\0", 1)[0].decode(errors="replace")
+                if kind == programs.LIFE_FORK:
+                    proc = self.processes[pid] = new_process(pid, ppid, ts, name)
+                    parent = self.processes.get(ppid)
+                    if not proc["cmdline"] and parent is not None:  # gone already: it ran its parent's program
+                        proc["cmdline"] = parent["cmdline"]
+                    continue
+                proc = self.processes.setdefault(pid, new_process(pid, None, ts, name))
+                proc["comm"] = name
+                if kind == programs.LIFE_EXEC:
+                    cmdline = read_cmdline(pid) or name  # the process may be gone already: its name, then
+                    proc["cmdline"] = cmdline
+                    proc["execs"].append({"ns": ts, "cmdline": cmdline})  # type: ignore[union-attr]
+                elif kind == programs.LIFE_EXIT:
+                    proc["exit_ns"] = ts
+                    proc["exit_code"] = code >> 8 & 0xFF if code & 0x7F == 0 else -(code & 0x7F)
+        if self._event_ring is None:
+            return []
+        return [programs.EVENT.unpack(record) for record in self._event_ring.drain()]
+
     def close(self) -> None:
         """Detach everything (attachments first, then programs, then maps)."""
+        for ring in self._rings:
+            ring.close()
+        self._rings.clear()
         for fd in reversed(self._fds):
             try:
                 os.close(fd)

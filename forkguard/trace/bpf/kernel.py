@@ -194,3 +194,45 @@ def attach_raw_tracepoint(name: str, prog_fd: int) -> int:
     """Attach ``prog_fd`` to raw tracepoint ``name``; closing the returned fd detaches it."""
     tp = ctypes.create_string_buffer(name.encode())
     return bpf(Cmd.BPF_RAW_TRACEPOINT_OPEN, _attr("<QI", _address(tp), prog_fd), f"attaching to tracepoint {name}")
+
+
+class RingBuffer:
+    """Reader of a BPF_MAP_TYPE_RINGBUF map through mmap: records come out in the order they were committed.
+
+    The consumer page (ours to write) is at offset 0; the producer page and then
+    the data area, mapped twice in a row so that a record never wraps, follow.
+    """
+
+    BUSY, DISCARD, HEADER = 1 << 31, 1 << 30, 8
+
+    def __init__(self, ring: Map) -> None:
+        import mmap
+
+        page = mmap.PAGESIZE
+        self.size = ring.max_entries
+        self._consumer = mmap.mmap(ring.fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
+        self._producer = mmap.mmap(ring.fd, page + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._page = page
+
+    def drain(self) -> list[bytes]:
+        """Every committed record not read yet (discarded ones skipped); a record still being written ends it."""
+        u64, u32 = struct.Struct("<Q"), struct.Struct("<I")
+        consumer = u64.unpack_from(self._consumer, 0)[0]
+        producer = u64.unpack_from(self._producer, 0)[0]
+        records = []
+        mask = self.size - 1
+        while consumer < producer:
+            at = self._page + (consumer & mask)
+            length = u32.unpack_from(self._producer, at)[0]
+            if length & self.BUSY:
+                break
+            size = length & ~(self.BUSY | self.DISCARD)
+            if not length & self.DISCARD:
+                records.append(bytes(self._producer[at + self.HEADER:at + self.HEADER + size]))
+            consumer += (size + self.HEADER + 7) & ~7
+        u64.pack_into(self._consumer, 0, consumer)
+        return records
+
+    def close(self) -> None:
+        self._consumer.close()
+        self._producer.close()

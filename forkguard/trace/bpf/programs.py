@@ -53,6 +53,10 @@ PROC_STATS = struct.Struct("<3Q")
 PROC_KEY = struct.Struct("<II")
 # struct event { u64 ts_ns; u32 tid, tgid; u64 nr; s64 ret; u64 latency_ns; }
 EVENT = struct.Struct("<QIIQqQ")
+# struct life { u32 kind, pid, ppid; s32 code; u64 ts_ns; char comm[16]; }: the process tree's events
+LIFE = struct.Struct("<IIIiQ16s")
+LIFE_FORK, LIFE_EXEC, LIFE_EXIT = 1, 2, 3
+LIFE_AT = -160  # where programs build it on their stack
 # counters (a plain array, atomically updated)
 COUNTER_ENROLLED, COUNTER_ENROL_DROPPED, COUNTER_PROC_DROPPED, COUNTER_EVENTS_LOST, COUNTER_EXITED = range(5)
 COUNTER_UNTIMED = 5  # threads with no in-flight slot (map full): their syscalls were not counted
@@ -187,7 +191,38 @@ def _emit_sampled_event(a: Asm, events_fd: int, sample_ctr_fd: int, counters_fd:
     a.label("no_event")
 
 
-def sched_process_fork(pids_fd: int, counters_fd: int, tgid_offset: int) -> bytes:
+def _emit_life(a: Asm, life_fd: int, kind: int, pid_at: int, ppid_reg: int | None) -> None:
+    """Send a struct life (pid read from the stack at ``pid_at``) to the ring buffer; comm and code are
+    filled before by the caller at LIFE_AT+24 / LIFE_AT+12 when needed. Clobbers R0-R5."""
+    a.store_imm(4, R10, LIFE_AT, kind)
+    a.load(4, R1, R10, pid_at).store_reg(4, R10, LIFE_AT + 4, R1)
+    if ppid_reg is None:
+        a.store_imm(4, R10, LIFE_AT + 8, 0)
+    else:
+        a.store_reg(4, R10, LIFE_AT + 8, ppid_reg)
+    a.call(Helper.ktime_get_ns).store_reg(8, R10, LIFE_AT + 16, R0)
+    a.ld_map_fd(R1, life_fd).mov_reg(R2, R10).alu_imm(ADD, R2, LIFE_AT).mov_imm(R3, LIFE.size).mov_imm(R4, 0)
+    a.call(Helper.ringbuf_output)
+
+
+def _current_comm_into_life(a: Asm) -> None:
+    a.mov_reg(R1, R10).alu_imm(ADD, R1, LIFE_AT + 24).mov_imm(R2, 16).call(Helper.get_current_comm)
+
+
+def sched_process_exec(pids_fd: int, life_fd: int) -> bytes:
+    """sched:sched_process_exec(task, old_pid, bprm): a traced process ran a new program (for the tree)."""
+    a = Asm()
+    a.call(Helper.get_current_pid_tgid).alu_imm(RSH, R0, 32).store_reg(4, R10, -4, R0)
+    a.ld_map_fd(R1, pids_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -4).call(Helper.map_lookup_elem)
+    a.jmp_imm(JEQ, R0, 0, "out")
+    a.store_imm(4, R10, LIFE_AT + 12, 0)
+    _current_comm_into_life(a)
+    _emit_life(a, life_fd, LIFE_EXEC, -4, None)
+    a.label("out").mov_imm(R0, 0).exit()
+    return a.assemble()
+
+
+def sched_process_fork(pids_fd: int, counters_fd: int, tgid_offset: int, life_fd: int | None = None) -> bytes:
     """sched:sched_process_fork(parent, child), in the parent's context."""
     a = Asm()
     a.mov_reg(R6, R1)
@@ -207,12 +242,17 @@ def sched_process_fork(pids_fd: int, counters_fd: int, tgid_offset: int) -> byte
     a.ja("out")
     a.label("enrolled")
     _counter_add(a, counters_fd, COUNTER_ENROLLED, -16)
+    if life_fd is not None:
+        a.store_imm(4, R10, LIFE_AT + 12, 0)
+        _current_comm_into_life(a)  # the child starts with its parent's name
+        _emit_life(a, life_fd, LIFE_FORK, -8, R7)
     a.label("out").mov_imm(R0, 0).exit()
     return a.assemble()
 
 
 def sched_process_exit(pids_fd: int, inflight_fd: int, counters_fd: int, tgid_offset: int, signal_offset: int,
-                       live_offset: int, comms_fd: int | None = None, comm_offset: int = 0) -> bytes:
+                       live_offset: int, comms_fd: int | None = None, comm_offset: int = 0,
+                       life_fd: int | None = None, exit_code_offset: int = 0) -> bytes:
     """sched:sched_process_exit(task, ...): free the thread's in-flight slot; remove the process once its
     last thread is gone. It runs in the exiting task's context."""
     a = Asm()
@@ -239,5 +279,11 @@ def sched_process_exit(pids_fd: int, inflight_fd: int, counters_fd: int, tgid_of
     a.ld_map_fd(R1, pids_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -16).call(Helper.map_delete_elem)
     a.jmp_imm(JNE, R0, 0, "out")
     _counter_add(a, counters_fd, COUNTER_EXITED, -20)
+    if life_fd is not None:  # task->exit_code is a wait status: (code << 8) or the killing signal
+        a.mov_reg(R3, R6).alu_imm(ADD, R3, exit_code_offset)
+        a.mov_reg(R1, R10).alu_imm(ADD, R1, LIFE_AT + 12).mov_imm(R2, 4).call(Helper.probe_read_kernel)
+        a.mov_reg(R3, R6).alu_imm(ADD, R3, comm_offset)
+        a.mov_reg(R1, R10).alu_imm(ADD, R1, LIFE_AT + 24).mov_imm(R2, 16).call(Helper.probe_read_kernel)
+        _emit_life(a, life_fd, LIFE_EXIT, -16, None)
     a.label("out").mov_imm(R0, 0).exit()
     return a.assemble()
