@@ -285,6 +285,8 @@ def test_tracer_api_returns_plain_data(bpf, tmp_path):
     ([], "give a process to trace"),
     (["--max-pids", "0", "--", "true"], "--max-pids must be >= 1"),
     (["--histogram", "nosuchcall", "--", "true"], "unknown syscall 'nosuchcall'"),
+    (["--events", "--format", "openmetrics", "--", "true"], "--events prints lines or JSON lines"),
+    (["--format", "openmetrics", "-o", "/nonexistent/dir/x.prom", "--", "true"], "its directory does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, error):
     proc = subprocess.run([sys.executable, "-m", "forkguard", "trace", *args], capture_output=True, text=True,
