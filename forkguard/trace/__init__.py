@@ -194,7 +194,7 @@ class Tracer:
             except (OSError, LookupError) as exc:
                 if self.backend == "bpf":
                     raise TraceError(explain(exc)) from exc
-                self.fallback_reason = explain(exc)
+                self.fallback_reason = explain(exc, ptrace_hint=False)
             else:
                 self._backend, self._started, self._started_ns = backend, time.monotonic(), time.monotonic_ns()
                 return self

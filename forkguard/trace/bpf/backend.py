@@ -184,13 +184,13 @@ class BPFBackend:
         self._maps.clear()
 
 
-def explain(exc: Exception) -> str:
+def explain(exc: Exception, ptrace_hint: bool = True) -> str:
     """One line that says what stopped the BPF backend and what to do."""
     if isinstance(exc, BTFError):
         return f"{exc}; the BPF backend needs kernel BTF (CONFIG_DEBUG_INFO_BTF)"
     if isinstance(exc, BPFError) and exc.errno in (errno.EPERM, errno.EACCES):
-        return ("loading BPF programs is not permitted: run as root (or with CAP_BPF and CAP_PERFMON); "
-                "or use the ptrace backend (--backend ptrace)")
+        return ("loading BPF programs is not permitted: run as root (or with CAP_BPF and CAP_PERFMON)"
+                + ("; or use the ptrace backend (--backend ptrace)" if ptrace_hint else ""))
     if isinstance(exc, BPFError) and exc.errno == errno.ENOSYS:
         return "this kernel has no bpf() system call (CONFIG_BPF_SYSCALL)"
     return str(exc).splitlines()[0]
