@@ -255,3 +255,13 @@ def test_memray_finds_the_c_leak_site(targets: Path) -> None:
     assert "<html" in (targets / "leaks.html").read_text()[:2000].lower()
     clean = check_json(targets, "memray", "targets:c_clean", "--calls", "200", "-o", "clean.html", expect=0)
     assert clean["leaked_bytes"] < 4096
+
+
+def test_memray_missing_is_one_clear_line(targets: Path, tmp_path: Path) -> None:
+    (tmp_path / "memray.py").write_text("raise ImportError('memray is blocked for this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(targets)])}
+    proc = subprocess.run([sys.executable, "-m", "forkguard", "check", "memray", "targets:c_leak"], capture_output=True,
+                          text=True, cwd=targets, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == ("forkguard check: error: memray is not installed: pip install 'forkguard[memray]' "
+                           "(or pip install memray)\n")
