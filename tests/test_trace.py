@@ -341,7 +341,8 @@ def test_tree_view_matches_the_fork_exec_exit_structure(backend, tmp_path):
     assert root["ppid"] is None and root["exit_code"] == 0 and str(script) in root["cmdline"]
     assert child["ppid"] == root["pid"] and child["exit_code"] == 2 and child["execs"] == []
     assert grandchild["ppid"] == child["pid"] and grandchild["exit_code"] == 5
-    assert len(grandchild["execs"]) == 1 and "sh" in grandchild["execs"][0]["cmdline"]
+    assert [e["cmdline"] for e in grandchild["execs"]] == ["/bin/sh -c exit 5"]   # read at exec, even if short-lived
+    assert grandchild["cmdline"] == "/bin/sh -c exit 5" and child["cmdline"] == root["cmdline"]
     assert killed["ppid"] == root["pid"] and killed["signal"] == 15 and killed["exit_code"] is None
     assert child["start_s"] <= grandchild["start_s"] <= grandchild["execs"][0]["at_s"] <= grandchild["exit_s"]
     assert grandchild["exit_s"] <= child["exit_s"] <= killed["start_s"] <= killed["exit_s"] <= root["exit_s"]

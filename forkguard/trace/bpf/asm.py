@@ -40,6 +40,7 @@ class Helper(enum.IntEnum):
     get_smp_processor_id = 8
     get_current_pid_tgid = 14
     get_current_comm = 16
+    probe_read_user = 112
     probe_read_kernel = 113
     ringbuf_output = 130
 

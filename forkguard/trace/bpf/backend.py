@@ -94,7 +94,9 @@ class BPFBackend:
             self._attach_prog("sched_process_fork", load("fg_fork", programs.sched_process_fork(
                 self.pids.fd, self.counters.fd, tgid, life)))
         if life is not None:
-            self._attach_prog("sched_process_exec", load("fg_exec", programs.sched_process_exec(self.pids.fd, life)))
+            self._attach_prog("sched_process_exec", load("fg_exec", programs.sched_process_exec(
+                self.pids.fd, life, btf.member_offset("task_struct", "mm"),
+                btf.member_offset("mm_struct", "arg_start"), btf.member_offset("mm_struct", "arg_end"))))
         self._attach_prog("sys_exit", load("fg_sys_exit", programs.sys_exit(
             self.inflight.fd, self.stats.fd, self.counters.fd, self.proc.fd if self.proc else None,
             self.events.fd if self.events else None, self.sample, sample_ctr.fd if sample_ctr else None)))
@@ -147,7 +149,8 @@ class BPFBackend:
         (ts_ns, tid, tgid, nr, ret, latency_ns)."""
         if self._life_ring is not None:
             for record in self._life_ring.drain():
-                kind, pid, ppid, code, ts, comm = programs.LIFE.unpack(record)
+                kind, pid, ppid, code, ts, comm = programs.LIFE.unpack_from(record)
+                argv = record[programs.LIFE.size:]
                 name = comm.split(b"\0", 1)[0].decode(errors="replace")
                 if kind == programs.LIFE_FORK:
                     proc = self.processes[pid] = new_process(pid, ppid, ts, name)
@@ -158,7 +161,9 @@ class BPFBackend:
                 proc = self.processes.setdefault(pid, new_process(pid, None, ts, name))
                 proc["comm"] = name
                 if kind == programs.LIFE_EXEC:
-                    cmdline = read_cmdline(pid) or name  # the process may be gone already: its name, then
+                    cmdline = b" ".join(argv.rstrip(b"\0").split(b"\0")).decode(errors="replace") or name
+                    if len(argv) == programs.ARGV_BYTES and argv[-1]:  # cut: /proc has it whole if still there
+                        cmdline = read_cmdline(pid) or cmdline
                     proc["cmdline"] = cmdline
                     proc["execs"].append({"ns": ts, "cmdline": cmdline})  # type: ignore[union-attr]
                 elif kind == programs.LIFE_EXIT:

@@ -57,6 +57,9 @@ EVENT = struct.Struct("<QIIQqQ")
 LIFE = struct.Struct("<IIIiQ16s")
 LIFE_FORK, LIFE_EXEC, LIFE_EXIT = 1, 2, 3
 LIFE_AT = -160  # where programs build it on their stack
+# an exec's record is a struct life followed by the new program's argv (NUL-separated, cut at ARGV_BYTES)
+ARGV_BYTES = 256
+EXEC_AT = -(LIFE.size + ARGV_BYTES + 32)  # below the scratch slots at -4..-24
 # counters (a plain array, atomically updated)
 COUNTER_ENROLLED, COUNTER_ENROL_DROPPED, COUNTER_PROC_DROPPED, COUNTER_EVENTS_LOST, COUNTER_EXITED = range(5)
 COUNTER_UNTIMED = 5  # threads with no in-flight slot (map full): their syscalls were not counted
@@ -209,15 +212,41 @@ def _current_comm_into_life(a: Asm) -> None:
     a.mov_reg(R1, R10).alu_imm(ADD, R1, LIFE_AT + 24).mov_imm(R2, 16).call(Helper.get_current_comm)
 
 
-def sched_process_exec(pids_fd: int, life_fd: int) -> bytes:
-    """sched:sched_process_exec(task, old_pid, bprm): a traced process ran a new program (for the tree)."""
+def sched_process_exec(pids_fd: int, life_fd: int, mm_offset: int, arg_start_offset: int,
+                       arg_end_offset: int) -> bytes:
+    """sched:sched_process_exec(task, old_pid, bprm): a traced process ran a new program. The record carries
+    its argv, read from the new image's stack (mm->arg_start..arg_end) before the process can exit."""
     a = Asm()
+    a.load(8, R6, R1, 0)  # task
     a.call(Helper.get_current_pid_tgid).alu_imm(RSH, R0, 32).store_reg(4, R10, -4, R0)
     a.ld_map_fd(R1, pids_fd).mov_reg(R2, R10).alu_imm(ADD, R2, -4).call(Helper.map_lookup_elem)
     a.jmp_imm(JEQ, R0, 0, "out")
-    a.store_imm(4, R10, LIFE_AT + 12, 0)
-    _current_comm_into_life(a)
-    _emit_life(a, life_fd, LIFE_EXEC, -4, None)
+    a.store_imm(4, R10, EXEC_AT, LIFE_EXEC)
+    a.load(4, R1, R10, -4).store_reg(4, R10, EXEC_AT + 4, R1)
+    a.store_imm(4, R10, EXEC_AT + 8, 0).store_imm(4, R10, EXEC_AT + 12, 0)
+    a.call(Helper.ktime_get_ns).store_reg(8, R10, EXEC_AT + 16, R0)
+    a.mov_reg(R1, R10).alu_imm(ADD, R1, EXEC_AT + 24).mov_imm(R2, 16).call(Helper.get_current_comm)
+    for off in range(0, ARGV_BYTES, 8):  # argv starts empty (a failed read leaves zeros, not stack garbage)
+        a.store_imm(8, R10, EXEC_AT + LIFE.size + off, 0)
+    # R7 = task->mm, then arg_start at -16 and arg_end at -24
+    a.mov_reg(R3, R6).alu_imm(ADD, R3, mm_offset)
+    a.mov_reg(R1, R10).alu_imm(ADD, R1, -16).mov_imm(R2, 8).call(Helper.probe_read_kernel)
+    a.jmp_imm(JNE, R0, 0, "send")
+    a.load(8, R7, R10, -16)
+    a.mov_reg(R3, R7).alu_imm(ADD, R3, arg_start_offset)
+    a.mov_reg(R1, R10).alu_imm(ADD, R1, -16).mov_imm(R2, 8).call(Helper.probe_read_kernel)
+    a.jmp_imm(JNE, R0, 0, "send")
+    a.mov_reg(R3, R7).alu_imm(ADD, R3, arg_end_offset)
+    a.mov_reg(R1, R10).alu_imm(ADD, R1, -24).mov_imm(R2, 8).call(Helper.probe_read_kernel)
+    a.jmp_imm(JNE, R0, 0, "send")
+    a.load(8, R2, R10, -24).load(8, R3, R10, -16).alu_reg(SUB, R2, R3)  # R2 = argv bytes
+    a.jmp_imm(JGT, R2, ARGV_BYTES, "clamp").ja("sized")
+    a.label("clamp").mov_imm(R2, ARGV_BYTES)
+    a.label("sized")
+    a.mov_reg(R1, R10).alu_imm(ADD, R1, EXEC_AT + LIFE.size).call(Helper.probe_read_user)
+    a.label("send")
+    a.ld_map_fd(R1, life_fd).mov_reg(R2, R10).alu_imm(ADD, R2, EXEC_AT).mov_imm(R3, LIFE.size + ARGV_BYTES)
+    a.mov_imm(R4, 0).call(Helper.ringbuf_output)
     a.label("out").mov_imm(R0, 0).exit()
     return a.assemble()
 
