@@ -265,3 +265,19 @@ def test_memray_missing_is_one_clear_line(targets: Path, tmp_path: Path) -> None
     assert proc.returncode == 2
     assert proc.stderr == ("forkguard check: error: memray is not installed: pip install 'forkguard[memray]' "
                            "(or pip install memray)\n")
+
+
+def test_script_target_runs_as_main_on_each_call(targets: Path) -> None:
+    report = check_json(targets, "leaks", "vg_leak.py", "--rounds", "6", "--calls-per-round", "100", expect=1)
+    rss = trend(report, "rss_bytes")
+    assert rss["leaking"] and 4 * 1024 <= rss["per_call"] <= 6.5 * 1024, rss   # five 1 KiB leaks a run
+
+
+def test_crash_without_gdb_still_reports_the_python_stack(targets: Path) -> None:
+    env = {**os.environ, "PATH": "/nonexistent", "PYTHONPATH": f"{ROOT}{os.pathsep}{targets}"}
+    proc = subprocess.run([sys.executable, "-m", "forkguard", "check", "crash", "--json", "--", sys.executable,
+                           "crash_script.py"], capture_output=True, text=True, cwd=targets, env=env, timeout=120)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and report["signal"] == "SIGSEGV" and report["native_stack"] == []
+    assert report["native_note"] == "gdb is not installed (apt-get install gdb) for the native stack"
+    assert any("in run_it" in frame for frame in report["python_stack"])
