@@ -185,7 +185,8 @@ def tracer_pid(pid: int) -> int:
         return int(next(line for line in f if line.startswith("TracerPid:")).split()[1])
 
 
-def test_ctrl_c_detaches_and_leaves_the_attached_process_running_untraced(backend, tmp_path):
+@pytest.mark.parametrize("stop_by", ["ctrl-c", "duration"])
+def test_ctrl_c_or_duration_detaches_and_leaves_the_attached_process_running_untraced(backend, stop_by, tmp_path):
     counter = tmp_path / "counter"
     target = subprocess.Popen([sys.executable, "-S", "-c", f'''
 import os, time
@@ -199,14 +200,16 @@ while True:
         os.replace({str(counter)!r} + ".tmp", {str(counter)!r})
 '''])
     try:
+        duration = ["--duration", "0.5"] if stop_by == "duration" else []
         tracer = subprocess.Popen([sys.executable, "-m", "forkguard", "trace", "--format", "json", "--backend",
-                                   backend, "-p", str(target.pid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                   backend, *duration, "-p", str(target.pid)], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert "tracing pid" in tracer.stderr.readline()
-        time.sleep(0.5)
-        tracer.send_signal(signal.SIGINT)
+        if stop_by == "ctrl-c":
+            time.sleep(0.5)
+            tracer.send_signal(signal.SIGINT)
         out, _ = tracer.communicate(timeout=30)
-        assert tracer.returncode == 130
+        assert tracer.returncode == (130 if stop_by == "ctrl-c" else 0)
         assert count(json.loads(out), "getppid") > 100         # it was traced...
         assert tracer_pid(target.pid) == 0 and target.poll() is None   # ...and now runs on, untraced
         before = int(counter.read_text())

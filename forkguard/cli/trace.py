@@ -222,6 +222,9 @@ def render(snapshot, top: int = 0, histogram: str | None = None) -> str:  # type
     if snapshot.enrolments_dropped:
         lines.append(f"\nwarning: {snapshot.enrolments_dropped} process(es) could not be traced: the process map is "
                      f"full (--max-pids {snapshot.max_pids}); their syscalls are not counted")
+    if snapshot.events_lost:
+        lines.append(f"\nwarning: {snapshot.events_lost} sampled event(s) were lost (the event buffer was full); "
+                     "a larger --sample N sends fewer")
     if snapshot.processes is not None:
         lines += ["", f"{'pid':>8}  {'comm':<16}{'count':>10}{'errors':>9}{'total':>11}  top syscalls"]
         for p in sorted(snapshot.processes, key=lambda p: -p.count):
