@@ -132,7 +132,8 @@ def _gdb_run(command: list[str], timeout: float) -> tuple[list[str], str]:
     text = proc.stdout + proc.stderr
     if "ptrace" in text and "not permitted" in text:
         return [], PTRACE_HINT
-    return _gdb_frames(text), ""
+    frames = _gdb_frames(text)
+    return frames, "" if frames else "the second run, under gdb, did not crash: the crash depends on timing or input"
 
 
 def hang(command: list[str], timeout: float) -> HangReport:
