@@ -6,6 +6,7 @@ import os
 import sys
 
 from . import _features, _hooks, _policy, _primitives, _process, _resources, _runtime
+from ._procfs import cmdline
 
 
 def doctor(pid: int | None = None) -> dict[str, object]:
@@ -20,7 +21,7 @@ def doctor(pid: int | None = None) -> dict[str, object]:
     pid = os.getpid() if pid is None else pid
     if not os.path.exists(f"/proc/{pid}"):
         raise ProcessLookupError(f"no process {pid}")
-    report: dict[str, object] = {"pid": pid, "own_process": own, "command": _cmdline(pid),
+    report: dict[str, object] = {"pid": pid, "own_process": own, "command": cmdline(pid),
                                  "threads": _threads(pid, own), "descriptors": [fd._asdict() for fd in
                                                                                 _resources.inherited(pid)]}
     if own:
@@ -38,13 +39,6 @@ def doctor(pid: int | None = None) -> dict[str, object]:
     report["hazards"] = _hazards(report)
     return report
 
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
 
 
 def _threads(pid: int, own: bool) -> list[dict[str, object]]:

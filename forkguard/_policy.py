@@ -406,19 +406,9 @@ def _run_exit_mode() -> None:
 
 def child_pids() -> list[int]:
     """Pids of this process's live (or zombie) children, read from /proc."""
-    me = os.getpid()
-    children = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                fields = stat.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == me:
-            children.append(int(entry))
-    return children
+    from ._procfs import children
+
+    return children().get(os.getpid(), [])
 
 
 def kill_children(grace: float = 5.0) -> list[int]:

@@ -1,4 +1,4 @@
-"""Small /proc readers shared by the CLI, trace and check (not imported by the runtime)."""
+"""Small /proc readers shared by the runtime (doctor, exit modes), the CLI, trace and check; imports only os."""
 
 from __future__ import annotations
 
@@ -19,19 +19,25 @@ def running(pid: int) -> bool:
         return False
 
 
-def descendants(root: int) -> list[int]:
-    """Every live descendant of ``root``, parents before children."""
-    children: dict[int, list[int]] = {}
+def children() -> dict[int, list[int]]:
+    """Every process's children (zombies included), by parent pid, from one pass over /proc."""
+    by_parent: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 ppid = int(stat_fields(int(entry))[1])
             except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
+                continue  # gone meanwhile
+            by_parent.setdefault(ppid, []).append(int(entry))
+    return by_parent
+
+
+def descendants(root: int) -> list[int]:
+    """Every descendant of ``root``, parents before children."""
+    by_parent = children()
     found, queue = [], [root]
     while queue:
-        for child in sorted(children.get(queue.pop(0), [])):
+        for child in sorted(by_parent.get(queue.pop(0), [])):
             found.append(child)
             queue.append(child)
     return found

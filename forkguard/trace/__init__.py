@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 
+from .._procfs import comm
 from . import syscalls as _syscalls
 
 HIST_BUCKETS = 32
@@ -239,7 +240,7 @@ class Tracer:
                 continue
             name = self._comms.get(tgid)
             if name is None:
-                name = self._comms[tgid] = _comm(tgid)
+                name = self._comms[tgid] = comm(tgid)
             self._pending.append(SyscallEvent(round((ts - self._started_ns) / 1e9, 6), tgid, tid, name,
                                               names.get(nr, f"syscall_{nr}"), ret, latency))
 
@@ -261,8 +262,8 @@ class Tracer:
                 count, errors, total = (sum(v[i] for v in by_nr.values()) for i in range(3))
                 ranked = sorted(by_nr.items(), key=lambda item: -item[1][0])
                 by_name = {names.get(nr, f"syscall_{nr}"): v[0] for nr, v in ranked}
-                comm = raw["comms"].get(tgid) or _comm(tgid)
-                processes.append(ProcessStats(tgid, comm, count, errors, total, by_name))
+                name = raw["comms"].get(tgid) or comm(tgid)
+                processes.append(ProcessStats(tgid, name, count, errors, total, by_name))
         from .bpf import programs
 
         return TraceSnapshot(
@@ -293,13 +294,6 @@ class Tracer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def spawn_held(argv: list[str]) -> tuple[int, object]:
