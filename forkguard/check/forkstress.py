@@ -18,6 +18,8 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 
+from .target import resolve, worker_env, worker_error
+
 
 @dataclass
 class KindResult:
@@ -92,7 +94,6 @@ def run(target: str, forks: int, timeout: float) -> ForkReport:
     """In this process: early forks, then late forks while a thread runs the target in a live context."""
     import forkguard
 
-    from .target import resolve
 
     fn = resolve(target)
     fn()  # native state exists before any fork, as in a real service
@@ -127,7 +128,7 @@ def fork_stress(target: str, forks: int = 10, timeout: float = 5.0) -> ForkRepor
     if not timeout > 0:
         raise CheckError(f"--timeout must be a number of seconds > 0, not {timeout!r}")
     proc = subprocess.run([sys.executable, "-m", "forkguard.check._fork_worker", target, str(forks), str(timeout)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                          capture_output=True, text=True, env=worker_env(),
                           timeout=60 + 2 * forks * (timeout + 1))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     data = json.loads(lines[-1]) if lines else {"error": f"the worker ended with status {proc.returncode}: "
@@ -138,16 +139,12 @@ def fork_stress(target: str, forks: int = 10, timeout: float = 5.0) -> ForkRepor
 
 
 def worker_main(argv: list[str]) -> int:
-    from .target import TargetError
+    """The worker's body: the report as one JSON line (run by ``forkguard.check._fork_worker``)."""
 
     target, forks, timeout = argv[0], int(argv[1]), float(argv[2])
     try:
         report = run(target, forks, timeout)
-    except TargetError as exc:
-        print(json.dumps({"error": str(exc)}), flush=True)
-        return 2
     except Exception as exc:
-        print(json.dumps({"error": f"{target} raised {type(exc).__name__}: {exc} (before any fork)"}), flush=True)
-        return 2
+        return worker_error(target, exc, " (before any fork)")
     print(json.dumps(asdict(report)), flush=True)
     os._exit(0)  # the busy thread may be stuck in native code: do not wait for it

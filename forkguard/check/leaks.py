@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 
+from .target import resolve, worker_env, worker_error
+
 PAGE = resource.getpagesize()
 # Growth below which a slope is noise, per call and per round: RSS moves in pages and the allocator maps arenas
 # in steps (a 128 KiB jump now and then, a few KiB of creep from the measuring itself).
@@ -90,7 +92,6 @@ def _objects() -> tuple[int, str]:
 
 def run_rounds(target: str, rounds: int, warmup: int, calls_per_round: int):  # type: ignore[no-untyped-def]
     """Call the target and yield a Round after each round (in this process; leaks() uses a fresh one)."""
-    from .target import resolve
 
     fn = resolve(target)
     tracemalloc.start(1)  # one frame: the growth sites need no more, and each traced block costs less RSS
@@ -160,17 +161,12 @@ def verdict(rounds: list[Round], calls_per_round: int) -> list[Trend]:
 def worker_main(argv: list[str]) -> int:
     """The worker's body: rounds as JSON lines on stdout (run by ``forkguard.check._leak_worker``)."""
     target, rounds, warmup, calls = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
-    from .target import TargetError
 
     try:
         for r in run_rounds(target, rounds, warmup, calls):
             print(json.dumps(asdict(r)), flush=True)
-    except TargetError as exc:
-        print(json.dumps({"error": str(exc)}), flush=True)
-        return 2
     except Exception as exc:
-        print(json.dumps({"error": f"{target} raised {type(exc).__name__}: {exc}"}), flush=True)
-        return 2
+        return worker_error(target, exc)
     print(json.dumps({"source": _objects()[1]}), flush=True)
     return 0
 
@@ -178,7 +174,6 @@ def worker_main(argv: list[str]) -> int:
 def leaks(target: str, rounds: int = 10, warmup: int = 2, calls_per_round: int = 1000,
           progress=None) -> LeakReport:  # type: ignore[no-untyped-def]
     """Run leak rounds on ``target`` in a fresh interpreter and judge them; CheckError on bad input."""
-    import os
     import subprocess
 
     from . import CheckError
@@ -188,7 +183,7 @@ def leaks(target: str, rounds: int = 10, warmup: int = 2, calls_per_round: int =
             raise CheckError(f"{name} must be an int >= {low}, not {value!r}")
     worker = subprocess.Popen([sys.executable, "-m", "forkguard.check._leak_worker", target, str(rounds), str(warmup),
                                str(calls_per_round)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                              env=worker_env())
     measured: list[Round] = []
     source = "gc.get_objects"
     for line in worker.stdout:  # type: ignore[union-attr]

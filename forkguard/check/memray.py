@@ -15,6 +15,8 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 
+from .target import resolve, worker_env, worker_error
+
 MISSING = "memray is not installed: pip install 'forkguard[memray]' (or pip install memray)"
 
 
@@ -71,7 +73,7 @@ def memray_check(target: str, output: str, calls: int = 1000, top: int = 10) -> 
     capture = os.path.splitext(output)[0] + ".bin"
     if os.path.exists(capture):
         os.unlink(capture)
-    env = {**os.environ, "PYTHONMALLOC": "malloc", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = worker_env(PYTHONMALLOC="malloc")
     proc = subprocess.run([sys.executable, "-m", "forkguard.check._memray_worker", target, capture, str(calls)],
                           capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -101,7 +103,6 @@ def worker_main(argv: list[str]) -> int:
     """Call the target under memray.Tracker (run by ``forkguard.check._memray_worker``)."""
     import memray
 
-    from .target import TargetError, resolve
 
     target, capture, calls = argv[0], argv[1], int(argv[2])
     try:
@@ -110,11 +111,7 @@ def worker_main(argv: list[str]) -> int:
         with memray.Tracker(capture, native_traces=True):
             for _ in range(calls):
                 fn()
-    except TargetError as exc:
-        print(json.dumps({"error": str(exc)}), flush=True)
-        return 2
     except Exception as exc:
-        print(json.dumps({"error": f"{target} raised {type(exc).__name__}: {exc}"}), flush=True)
-        return 2
+        return worker_error(target, exc)
     print(json.dumps({"done": calls}), flush=True)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import runpy
 import sys
@@ -48,3 +49,15 @@ def resolve(target: str) -> Callable[[], object]:
     if not callable(fn):
         raise TargetError(f"{location}:{function} is not callable")
     return fn
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of a check's fresh interpreter: this one's, with its sys.path (so TARGET imports alike)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **extra}
+
+
+def worker_error(target: str, exc: Exception, when: str = "") -> int:
+    """Report why a worker stopped as its one JSON error line; the worker's exit status (2)."""
+    message = str(exc) if isinstance(exc, TargetError) else f"{target} raised {type(exc).__name__}: {exc}{when}"
+    print(json.dumps({"error": message}), flush=True)
+    return 2
