@@ -124,16 +124,23 @@ def crash(command: list[str], timeout: float = 120) -> CrashReport:
 
 
 def _gdb_run(command: list[str], timeout: float) -> tuple[list[str], str]:
+    frames, note = _gdb(["-ex", "run", "-ex", "bt", "--args", *command], timeout)
+    if not frames and not note:
+        note = "the second run, under gdb, did not crash: the crash depends on timing or input"
+    return frames, note
+
+
+def _gdb(args: list[str], timeout: float) -> tuple[list[str], str]:
+    """gdb in batch mode: its backtrace frames, or a note saying why there are none (not installed, no ptrace)."""
     gdb = shutil.which("gdb")
     if gdb is None:
         return [], "gdb is not installed (apt-get install gdb) for the native stack"
-    proc = subprocess.run([gdb, "-q", "-batch", "-nx", "-ex", "set pagination off", "-ex", "run", "-ex", "bt",
-                           "--args", *command], capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([gdb, "-q", "-batch", "-nx", "-ex", "set pagination off", *args], capture_output=True,
+                          text=True, timeout=timeout)
     text = proc.stdout + proc.stderr
     if "ptrace" in text and "not permitted" in text:
         return [], PTRACE_HINT
-    frames = _gdb_frames(text)
-    return frames, "" if frames else "the second run, under gdb, did not crash: the crash depends on timing or input"
+    return _gdb_frames(text), ""
 
 
 def hang(command: list[str], timeout: float) -> HangReport:
@@ -161,7 +168,7 @@ def hang(command: list[str], timeout: float) -> HangReport:
         time.sleep(0.5)
         processes, note = [], ""
         for pid in pids:
-            native, note = _gdb_attach(pid)
+            native, note = _gdb(["-p", str(pid), "-ex", "thread apply all bt"], 60)
             processes.append(ProcessStacks(pid, cmdline(pid) or "?", _read_stacks(site, pid), native))
         for pid in reversed(pids):
             try:
@@ -181,17 +188,3 @@ def _read_stacks(site: str, pid: int) -> list[str]:
             return _python_frames(f.read())
     except OSError:
         return []
-
-
-def _gdb_attach(pid: int) -> tuple[list[str], str]:
-    gdb = shutil.which("gdb")
-    if gdb is None:
-        return [], "gdb is not installed (apt-get install gdb) for the native stacks"
-    proc = subprocess.run([gdb, "-q", "-batch", "-nx", "-p", str(pid), "-ex", "thread apply all bt"],
-                          capture_output=True, text=True, timeout=60)
-    text = proc.stdout + proc.stderr
-    if "ptrace" in text and ("not permitted" in text or "Operation not permitted" in text):
-        return [], PTRACE_HINT
-    return _gdb_frames(text), ""
-
-

@@ -106,11 +106,6 @@ class PtraceBackend:
         if follow_forks:
             self._options |= O_TRACEFORK | O_TRACEVFORK
 
-    @property
-    def finished(self) -> bool:
-        """True once the tracer thread has ended (every tracee gone, or closed)."""
-        return self._thread is not None and not self._thread.is_alive()
-
     def attach(self) -> None:
         """Start the tracer thread and wait until every thread of the target is seized (or raise why not)."""
         self._thread = threading.Thread(target=self._run, name="forkguard-ptrace", daemon=True)
