@@ -6,7 +6,6 @@ import os
 import sys
 
 from . import _features, _hooks, _policy, _primitives, _process, _resources, _runtime
-from ._procfs import cmdline
 
 
 def doctor(pid: int | None = None) -> dict[str, object]:
@@ -17,6 +16,8 @@ def doctor(pid: int | None = None) -> dict[str, object]:
     tracked resources, hooks, features and policies. ``hazards`` says in
     sentences what to look at.
     """
+    from ._procfs import cmdline  # here, not at `import forkguard`: only a report needs it
+
     own = pid is None or pid == os.getpid()
     pid = os.getpid() if pid is None else pid
     if not os.path.exists(f"/proc/{pid}"):
