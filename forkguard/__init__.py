@@ -4,7 +4,7 @@ Importing it registers one set of at-fork hooks and nothing else: no
 third-party import, no thread. See README.md for the guide.
 """
 
-from . import _policy
+from . import _env, _policy
 from ._context import ActiveContext, active, live_contexts
 from ._doctor import doctor
 from ._features import Feature, FeatureChange, features
@@ -21,6 +21,7 @@ from ._runtime import (
     fork_info,
     register,
     registered_hooks,
+    set_flush_stdio,
     unregister,
 )
 
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 
 # FORKGUARD_FORK_MODE and friends (nothing happens when they are unset); not in
 # the forkguard command's own process, whose job is to pass them on.
-if not _policy.running_forkguard_cli():
+if not _env.IN_CLI:
     _policy.apply_environment()
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "register",
     "registered_hooks",
     "set_exit_mode",
+    "set_flush_stdio",
     "set_fork_mode",
     "set_inherit_preset",
     "track",

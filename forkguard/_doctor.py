@@ -16,8 +16,10 @@ def doctor(pid: int | None = None) -> dict[str, object]:
     tracked resources, hooks, features and policies. ``hazards`` says in
     sentences what to look at.
     """
-    from ._procfs import cmdline  # here, not at `import forkguard`: only a report needs it
+    from ._procfs import check_pid, cmdline  # here, not at `import forkguard`: only a report needs it
 
+    if pid is not None:
+        check_pid(pid, "forkguard.doctor")
     own = pid is None or pid == os.getpid()
     pid = os.getpid() if pid is None else pid
     if not os.path.exists(f"/proc/{pid}"):

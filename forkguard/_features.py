@@ -62,6 +62,8 @@ class Feature:
         for label, fn in (("on_early_fork", on_early_fork), ("on_late_fork", on_late_fork)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"forkguard.Feature({name!r}): {label} must be callable or None")
+        if not isinstance(enabled, bool):
+            raise TypeError(f"forkguard.Feature({name!r}): enabled must be True or False, not {enabled!r}")
         self._context = _context.active(name)  # validates the name
         self.name = name
         self.late_fork = late_fork
@@ -83,6 +85,8 @@ class Feature:
 
     def disable(self, reason: str = "disabled by the application") -> None:
         """Switch the feature off in this process, remembering why."""
+        if not isinstance(reason, str):
+            raise TypeError(f"forkguard.Feature.disable: reason must be a str, not {type(reason).__name__}")
         self._enabled = False
         self.disabled_reason = reason
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import _thread
 import itertools
 import weakref
+from time import monotonic
 
 from . import _env, _log
 from ._process import current_pid
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     Phase = Literal["before", "after_in_parent", "after_in_child"]
 
 STRICT_ENV = "FORKGUARD_STRICT_HOOKS"
+SLOW_ENV = "FORKGUARD_SLOW_HOOK_SECONDS"
 
 
 class Hook:
@@ -98,13 +100,31 @@ class Registry:
         self._lock = _thread.allocate_lock()
         self._lock_pid = current_pid()
         self._errors = (current_pid(), 0)
+        self._nested = (current_pid(), 0)
         self.strict = _env.read_bool(STRICT_ENV)
+        self.slow = _env.read_seconds(SLOW_ENV, 1.0) or float("inf")  # 0 turns the warning off
+        # The thread running hooks now, if any: a fork made from inside a hook
+        # runs no forkguard hook (a `before` hook that forks would recurse).
+        self.running_in: int | None = None
 
     @property
     def errors(self) -> int:
         """Hook and callback exceptions logged in this process (not its parent)."""
         pid, count = self._errors
         return count if pid == current_pid() else 0
+
+    @property
+    def nested_forks(self) -> int:
+        """Forks this process made from inside a forkguard hook (they ran no hooks)."""
+        pid, count = self._nested
+        return count if pid == current_pid() else 0
+
+    def in_hook(self) -> bool:
+        """Whether the calling thread is running forkguard hooks right now."""
+        return self.running_in == _thread.get_ident()
+
+    def count_nested_fork(self) -> None:
+        self._nested = (current_pid(), self.nested_forks + 1)
 
     def _locked(self) -> _thread.LockType:
         # Made anew in each process, on first use: a thread that is gone after
@@ -150,27 +170,45 @@ class Registry:
     def run(self, phase: Phase) -> None:
         """Call every hook of ``phase``; a raising hook is logged and counted, the rest still run.
 
-        In strict mode (``FORKGUARD_STRICT_HOOKS=1``) the first error is re-raised
-        once all hooks have run.
+        A hook slower than ``FORKGUARD_SLOW_HOOK_SECONDS`` (1 s) is logged with its
+        time. SystemExit or KeyboardInterrupt from a hook is re-raised once all
+        hooks have run; in strict mode (``FORKGUARD_STRICT_HOOKS=1``) so is the
+        first error.
         """
         first_error: Exception | None = None
+        interrupt: BaseException | None = None
         collected = False
-        for entry in getattr(self, phase):
-            if entry.__class__ is weakref.WeakMethod:
-                fn = entry()
-                if fn is None:
-                    collected = True
-                    continue
-            else:
-                fn = entry
-            try:
-                fn()
-            except Exception as exc:
-                self.hook_failed(f"{phase} hook", fn)
-                first_error = first_error or exc
+        outer, self.running_in = self.running_in, _thread.get_ident()
+        try:
+            started = monotonic()
+            for entry in getattr(self, phase):
+                if entry.__class__ is weakref.WeakMethod:
+                    fn = entry()
+                    if fn is None:
+                        collected = True
+                        continue
+                else:
+                    fn = entry
+                try:
+                    fn()
+                except Exception as exc:
+                    self.hook_failed(f"{phase} hook", fn)
+                    first_error = first_error or exc
+                except BaseException as exc:
+                    self.hook_failed(f"{phase} hook", fn)
+                    interrupt = interrupt or exc
+                now = monotonic()
+                if now - started >= self.slow:
+                    _log.warning("%s hook %s took %.2f s (more than %s=%g)", phase, _describe(fn), now - started,
+                                 SLOW_ENV, self.slow)
+                started = now
+        finally:
+            self.running_in = outer
         if collected:
             with self._locked():
                 self._publish(list(self._hooks))
+        if interrupt is not None:
+            raise interrupt
         self.raise_if_strict(first_error)
 
     def call_guarded(self, what: str, fn: Callable[[], object]) -> Exception | None:

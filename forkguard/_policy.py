@@ -111,7 +111,7 @@ def _check_fork_mode(mode: str, *, timeout: float | None = None, on_timeout: str
     where = "forkguard.set_fork_mode"
     _check_choice("fork mode", mode, FORK_MODES, where)
     _check_choice("on_timeout", on_timeout, ON_TIMEOUT, where)
-    seconds = _check_seconds("timeout", timeout, where)
+    seconds = None if timeout is None else _env.check_seconds(timeout, "timeout", where)
     if not isinstance(deny_exec, bool):
         raise TypeError(f"{where}: deny_exec must be True or False, not {deny_exec!r}")
     if mode != "wait_for_exit_exec" and (seconds is not None or on_timeout != "warn"):
@@ -316,8 +316,8 @@ def _check_exit_mode(mode: str, *, grace: float = 5.0, timeout: float | None = N
     """Validate set_exit_mode's arguments; return grace, timeout and the death signal number."""
     where = "forkguard.set_exit_mode"
     _check_choice("exit mode", mode, EXIT_MODES, where)
-    seconds = _check_seconds("grace", grace, where)
-    timeout = _check_seconds("timeout", timeout, where)
+    seconds = _env.check_seconds(grace, "grace", where)
+    timeout = None if timeout is None else _env.check_seconds(timeout, "timeout", where)
     if not isinstance(descendants, bool):
         raise TypeError(f"{where}: descendants must be True or False, not {descendants!r}")
     if descendants and mode != "wait_for_children":
@@ -336,14 +336,27 @@ def exit_mode() -> dict[str, object]:
             "descendants": _exit.descendants, "pdeathsig": _exit.pdeathsig}
 
 
+# Signals whose default action does not end a process (signal(7)): as a death
+# signal they would leave orphans running (SIGCHLD, SIGURG, SIGWINCH) or
+# stopped (SIGSTOP and friends) instead of gone.
+_NOT_DEADLY = frozenset(int(getattr(signal, name)) for name in (
+    "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGWINCH") if hasattr(signal, name))
+
+
 def _check_death_signal(value: bool | int, where: str) -> int:
     if value is True:
         return int(signal.SIGKILL)
-    if value is False or value == 0:
+    if value is False:
         return 0
-    valid = {int(s) for s in signal.valid_signals()}
-    if not isinstance(value, int) or int(value) not in valid:
-        raise ValueError(f"{where}: pdeathsig must be True, False or a signal number, not {value!r}")
+    if not isinstance(value, int):
+        raise TypeError(f"{where}: pdeathsig must be True, False or a signal number, not {type(value).__name__}")
+    if value == 0:
+        return 0
+    if value not in {int(s) for s in signal.valid_signals()}:
+        raise ValueError(f"{where}: pdeathsig {value!r} is not a signal number (1 to {signal.SIGRTMAX})")
+    if value in _NOT_DEADLY:
+        raise ValueError(f"{where}: pdeathsig {signal.Signals(value).name} does not end a process; "
+                         "use True (SIGKILL) or a signal such as SIGTERM")
     return int(value)
 
 
@@ -473,15 +486,7 @@ def _reaped(pid: int) -> bool:
 
 def _check_choice(what: str, value: object, choices: tuple[str, ...], where: str) -> None:
     if value not in choices:
-        raise ValueError(f"{where}: {value!r} is not a {what}; use one of {', '.join(choices)}")
-
-
-def _check_seconds(what: str, value: object, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{where}: {what} must be a number of seconds >= 0, not {value!r}")
-    return float(value)
+        raise ValueError(f"{where}: {value!r} is not a valid {what}; use one of {', '.join(choices)}")
 
 
 class EnvOption:
@@ -538,17 +543,6 @@ def check_policy(settings: dict[str, dict[str, object]]) -> None:
     fork, exit = dict(settings["fork"]), dict(settings["exit"])
     _check_fork_mode(fork.pop("mode", "allow"), **fork)  # type: ignore[arg-type]
     _check_exit_mode(exit.pop("mode", "none"), **exit)  # type: ignore[arg-type]
-
-
-def running_forkguard_cli() -> bool:
-    """True in the process of the ``forkguard`` command itself (script or ``python -m forkguard``)."""
-    args = getattr(sys, "orig_argv", sys.argv)
-    for i, arg in enumerate(args[1:], 1):
-        if arg == "-m":
-            return args[i + 1 : i + 2] == ["forkguard"]
-        if not arg.startswith("-"):
-            return os.path.basename(arg) == "forkguard"
-    return False
 
 
 def apply_environment() -> None:

@@ -6,9 +6,12 @@ made for and is re-made on first use in a new process, whatever made the fork
 (libc ``fork()`` included); nothing runs in the child until it is used, so a
 fork costs nothing more for each primitive.
 
-The forking thread is the one thread that survives a fork, and its ``with``
-blocks are still open in the child: a lock it held stays held there, so that
-its ``release()`` still matches.
+The forking thread is the one thread that survives a fork. After ``os.fork()``
+its code goes on in the child, with its ``with`` blocks still open: what it
+held stays held there, so that its ``release()`` still matches. A
+multiprocessing child never returns to the code that forked it (it runs the
+target and exits), so there nothing stays held. Each primitive records who
+holds it, since the inherited lock's own state cannot be read safely.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import weakref
 from types import GenericAlias
 
 from . import _process
+from ._env import check_seconds
 from ._process import _identity, _page
 
 TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
@@ -42,8 +46,11 @@ class _PerProcess:
             return self._inner
         _process.check_fork()
         if self._pid != _identity[0]:
-            self._inner = self._make(self._inner)
-            self._pid = _identity[0]
+            with _process._remake_lock[0]:
+                if self._pid != _identity[0]:
+                    # _inner before _pid: a reader that sees the new pid sees the new inner.
+                    self._inner = self._make(self._inner)
+                    self._pid = _identity[0]
         return self._inner
 
     def _make(self, inherited):  # type: ignore[no-untyped-def]
@@ -61,7 +68,7 @@ def held_locks() -> list[tuple[int, Lock]]:
 
 
 class Lock(_PerProcess):
-    """``threading.Lock`` that is free in a child unless the forking thread held it."""
+    """``threading.Lock`` that is free in a child unless the forking thread held it (and goes on there)."""
 
     __slots__ = ("__weakref__", "_owner")
 
@@ -72,10 +79,11 @@ class Lock(_PerProcess):
 
     def _make(self, inherited):  # type: ignore[no-untyped-def]
         lock = _thread.allocate_lock()
-        if inherited is not None and self._owner == _thread.get_ident():
-            lock.acquire()  # the forking thread is still inside its `with lock:` in the child
-        elif inherited is not None:
-            self._owner = None
+        if inherited is not None:
+            if self._owner is not None and self._owner == _process.forker():
+                lock.acquire()  # the forking thread is still inside its `with lock:` in the child
+            else:
+                self._owner = None
         return lock
 
     # acquire and release inline _current()'s fast path: they are the hot path.
@@ -89,8 +97,10 @@ class Lock(_PerProcess):
 
     def release(self) -> None:
         """As ``threading.Lock.release``."""
+        # The inner lock first: in a new child _current() re-makes it from _owner.
+        inner = self._inner if _page[0] and self._pid == _identity[0] else self._current()
         self._owner = None
-        (self._inner if _page[0] and self._pid == _identity[0] else self._current()).release()
+        inner.release()
 
     def locked(self) -> bool:
         return self._current().locked()
@@ -102,35 +112,56 @@ class Lock(_PerProcess):
 
 
 class RLock(_PerProcess):
-    """``threading.RLock`` that is free in a child unless the forking thread held it."""
+    """``threading.RLock`` that is free in a child unless the forking thread held it (and goes on there)."""
 
-    __slots__ = ()
+    __slots__ = ("_depth", "_owner")
+
+    def __init__(self) -> None:
+        self._owner: int | None = None
+        self._depth = 0  # written only by the owning thread while it holds the lock
+        super().__init__()
 
     def _make(self, inherited):  # type: ignore[no-untyped-def]
         lock = _thread.RLock()
-        if inherited is not None and inherited._is_owned():
-            # The forking thread keeps its ident in the child: take the same depth again.
-            count = inherited._recursion_count() if hasattr(inherited, "_recursion_count") else 1
-            for _ in range(count):
-                lock.acquire()
+        if inherited is not None:
+            if self._owner is not None and self._owner == _process.forker():
+                # Held again at the same depth, owned by the forking thread
+                # whichever thread gets here first.
+                lock._acquire_restore((self._depth, self._owner))
+            else:
+                self._owner, self._depth = None, 0
         return lock
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         inner = self._inner if _page[0] and self._pid == _identity[0] else self._current()
-        return inner.acquire(blocking, timeout)
+        if inner.acquire(blocking, timeout):
+            self._owner = _thread.get_ident()
+            self._depth += 1
+            return True
+        return False
 
     def release(self) -> None:
-        (self._inner if _page[0] and self._pid == _identity[0] else self._current()).release()
+        inner = self._inner if _page[0] and self._pid == _identity[0] else self._current()
+        if self._owner == _thread.get_ident():  # otherwise inner.release() raises, and nothing changed
+            self._depth -= 1
+            if not self._depth:
+                self._owner = None
+        inner.release()
 
     # What threading.Condition asks of an RLock, so that wait() releases every level.
     def _is_owned(self) -> bool:
         return self._current()._is_owned()
 
     def _release_save(self) -> object:
-        return self._current()._release_save()
+        inner = self._current()
+        state = inner._release_save()
+        depth, self._depth, self._owner = self._depth, 0, None
+        return state, depth
 
-    def _acquire_restore(self, state: object) -> None:
-        self._current()._acquire_restore(state)
+    def _acquire_restore(self, state: tuple[object, int]) -> None:
+        inner_state, depth = state
+        self._current()._acquire_restore(inner_state)
+        self._owner, self._depth = _thread.get_ident(), depth
 
     __enter__ = acquire
 
@@ -144,6 +175,9 @@ class Condition(_PerProcess):
     __slots__ = ("_lock",)
 
     def __init__(self, lock: Lock | RLock | None = None) -> None:
+        if lock is not None and not isinstance(lock, (Lock, RLock)):
+            raise TypeError(f"forkguard.Condition: lock must be a forkguard.Lock or forkguard.RLock (a fork-safe "
+                            f"lock), not {type(lock).__name__}")
         self._lock = lock if lock is not None else RLock()
         super().__init__()
 
@@ -204,32 +238,52 @@ class Event(_PerProcess):
 
 
 class Semaphore(_PerProcess):
-    """``threading.Semaphore`` that starts over at its initial value in a child.
+    """``threading.Semaphore`` that starts over in a child, less the permits the forking thread holds.
 
     Permits held at the fork by other threads are theirs, and those threads are
-    gone; permits the forking thread held are returned too, since a semaphore
-    does not know who holds it.
+    gone: they come back. Permits the forking thread holds stay taken, since its
+    code goes on in the child and will release them.
     """
 
-    __slots__ = ("_value",)
+    __slots__ = ("_held", "_value")
     _kind = "Semaphore"
 
     def __init__(self, value: int = 1) -> None:
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"forkguard.{self._kind}: value must be an int >= 0, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"forkguard.{self._kind}: value must be an int, not {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"forkguard.{self._kind}: value must be >= 0, not {value!r}")
         self._value = value
+        self._held: dict[int, int] = {}  # thread ident -> permits it acquired and has not released
         super().__init__()
 
     def _make(self, inherited):  # type: ignore[no-untyped-def]
         import threading
 
-        return getattr(threading, self._kind)(self._value)
+        semaphore = getattr(threading, self._kind)(self._value)
+        forker = _process.forker() if inherited is not None else None
+        held = min(self._held.get(forker, 0), self._value) if forker is not None else 0
+        for _ in range(held):
+            semaphore.acquire(blocking=False)
+        self._held = {forker: held} if held else {}
+        return semaphore
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        return self._current().acquire(blocking, timeout)
+        if self._current().acquire(blocking, timeout):
+            me = _thread.get_ident()
+            self._held[me] = self._held.get(me, 0) + 1
+            return True
+        return False
 
     def release(self, n: int = 1) -> None:
         self._current().release(n)
+        me = _thread.get_ident()
+        held = self._held.get(me)
+        if held:  # a release by a thread that took no permit (signalling) changes no holder
+            if held > n:
+                self._held[me] = held - n
+            else:
+                del self._held[me]
 
     __enter__ = acquire
 
@@ -329,9 +383,11 @@ class Service:
                  stop_timeout: float = 5.0) -> None:
         if not callable(target):
             raise TypeError(f"forkguard.Service: target must be callable, not {type(target).__name__}")
-        if interval is not None and (isinstance(interval, bool) or not isinstance(interval, (int, float))
-                                     or not interval > 0):
-            raise ValueError(f"forkguard.Service: interval must be a number of seconds > 0, not {interval!r}")
+        if interval is not None:
+            check_seconds(interval, "interval", "forkguard.Service", positive=True)
+        check_seconds(stop_timeout, "stop_timeout", "forkguard.Service")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"forkguard.Service: name must be a str or None, not {type(name).__name__}")
         self.target, self.interval, self.stop_timeout = target, interval, stop_timeout
         self.name = name or f"forkguard-service-{getattr(target, '__qualname__', 'target')}"
         self._wanted = False  # inherited: a child restarts what its parent was running

@@ -15,10 +15,12 @@ ignores the advice), we compare a cached pid instead.
 
 from __future__ import annotations
 
+import _thread
 import mmap
 import os
+import sys
 
-from . import _env
+from . import _env, _log
 
 TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
 if TYPE_CHECKING:
@@ -34,7 +36,12 @@ def _wipe_on_fork_page() -> mmap.mmap | None:
         return None
     # MADV_WIPEONFORK only applies to private anonymous mappings; Python's
     # default for fileno -1 is MAP_SHARED, which the kernel rejects with EINVAL.
-    page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        page = mmap.mmap(-1, mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, ValueError):
+        # RLIMIT_AS, vm.max_map_count or a seccomp profile refused the page: the
+        # pid check does the same job, and importing forkguard must not fail.
+        return None
     try:
         page.madvise(MADV_WIPEONFORK)
     except OSError:
@@ -63,6 +70,18 @@ _page: mmap.mmap | _GetpidMarker = _wiped if _wiped is not None else _GetpidMark
 # ``_identity[0]``, the cheapest read Python has for a value that changes.
 _identity = [os.getpid()]
 _parent_pid: int | None = None  # the process this one was forked from, once a fork is seen
+# In a child: the ident of the thread whose code goes on after the fork, and so
+# whose ``with`` blocks are still open here (a lock it held stays held). None in
+# the process that imported forkguard, in a multiprocessing child (it runs its
+# target and exits, never returning to the code that forked it), and when a
+# libc fork is first noticed by a thread started after it.
+_forker: list[int | None] = [None]
+# Serialises the first use of each forkguard primitive in a new process (two
+# threads must not each make their own copy); made anew with each identity.
+_remake_lock = [_thread.allocate_lock()]
+# Set in the parent just before an os.fork: False when multiprocessing makes
+# the fork (the child runs the target, then os._exit); inherited by the child.
+_resumes_forking_code = [True]
 # Claims, keyed by (pid, pid of the process last seen): setdefault on a dict is
 # atomic, so when two threads of a libc-forked child both notice the fork,
 # exactly one runs the child step. The parent's pid in the key means a
@@ -77,10 +96,12 @@ def set_new_process_handler(handler: Callable[[str], None]) -> None:
     _handler = handler
 
 
-def _adopt(pid: int) -> None:
+def _adopt(pid: int, forker: int | None) -> None:
     """Make ``pid`` this process's identity; the pid it replaces is its parent's."""
     global _parent_pid
     _parent_pid, _identity[0] = _identity[0], pid
+    _forker[0] = forker
+    _remake_lock[0] = _thread.allocate_lock()
     _page[0] = 1
 
 
@@ -90,7 +111,11 @@ def _new_process_detected() -> bool:
     token = object()
     if _claims.setdefault((pid, _identity[0]), token) is not token:
         return False
-    _adopt(pid)
+    # The thread that called fork() is the only one the kernel copied; in the
+    # child its thread id is the new pid.
+    is_forker = _thread.get_native_id() == pid
+    _adopt(pid, _thread.get_ident() if is_forker else None)
+    _after_fork_in_cpython(is_forker)
     if _handler is not None:
         _handler("check_fork")
     return True
@@ -104,8 +129,73 @@ def adopt_after_os_fork() -> bool:
     """
     if _page[0]:
         return False
-    _adopt(os.getpid())
+    _adopt(os.getpid(), _thread.get_ident() if _resumes_forking_code[0] else None)
     return True
+
+
+def _after_fork_in_cpython(is_forker: bool) -> None:
+    """Run CPython's own child step (``PyOS_AfterFork_Child``) for a fork CPython did not make.
+
+    ``os.fork()`` brackets ``fork()`` with ``PyOS_BeforeFork()`` (which takes the
+    import lock) and ``PyOS_AfterFork_Child()``, which re-creates the GIL and the
+    import lock, deletes the thread states of threads the child does not have,
+    and runs every ``os.register_at_fork`` child hook (threading's, random's,
+    logging's, forkguard's). A libc ``fork()`` from C or ctypes skips all of it,
+    and the child inherits the GIL's mutex in whatever state a parent thread
+    left it: the first call that lets go of the GIL (any I/O) can hang forever.
+    So this runs first, and nothing before it may release the GIL (no file
+    access, no import, no log line). It must also run while the forking thread
+    is still the only one: it deletes every other thread state.
+    """
+    reason = _after_fork_blocker(is_forker)
+    ctypes = sys.modules.get("ctypes")
+    if reason is None and ctypes is None:
+        try:
+            import ctypes  # a fork made by C code that did not load ctypes: importing it is the only way left
+        except ImportError as exc:
+            reason = f"ctypes cannot be imported ({exc})"
+    if reason is not None:
+        _log.warning("process %d was forked outside Python (libc fork()) and CPython's after-fork step "
+                     "could not run: %s; it may hang. Fork with os.fork(), or call PyOS_BeforeFork(), "
+                     "PyOS_AfterFork_Child() and PyOS_AfterFork_Parent() around fork() in C",
+                     _identity[0], reason)
+        return
+    if sys.version_info >= (3, 13):
+        # 3.13's PyOS_AfterFork_Child releases the import lock PyOS_BeforeFork
+        # took: take it as PyOS_BeforeFork would have (free: checked above).
+        sys.modules["_imp"].acquire_lock()
+    ctypes.pythonapi.PyOS_AfterFork_Child()
+
+
+def _after_fork_blocker(is_forker: bool) -> str | None:
+    """Why CPython's after-fork step cannot run safely in this libc-forked child, or None.
+
+    Reads only memory and calls nothing that releases the GIL.
+    """
+    if not is_forker:
+        return "check_fork() was first called by a thread started after the fork"
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        # A thread started in the child already has a thread state that the
+        # after-fork step would delete. pthread_kill(thread, 0) tells a live
+        # thread from one that stayed in the parent, without releasing the GIL.
+        me = _thread.get_ident()
+        probe = sys.modules["_signal"].pthread_kill
+        for ident in list(threading._active):
+            if ident != me:
+                try:
+                    probe(ident, 0)
+                except OSError:
+                    continue  # a parent thread: gone here
+                return "a thread was started in the child before forkguard saw the fork"
+    if sys.version_info >= (3, 13) and sys.modules["_imp"].lock_held():
+        return "a thread of the parent held the import lock at the fork"
+    return None
+
+
+def forker() -> int | None:
+    """Ident of the thread whose code continues after the fork in this child (see ``_forker``)."""
+    return _forker[0]
 
 
 def check_fork() -> bool:

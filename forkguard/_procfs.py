@@ -5,6 +5,15 @@ from __future__ import annotations
 import os
 
 
+def check_pid(pid: object, where: str) -> int:
+    """``pid`` as an int > 0; TypeError or ValueError (one line naming ``where``) otherwise."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"{where}: pid must be an int, not {type(pid).__name__}")
+    if not 0 < pid < 2**31:
+        raise ValueError(f"{where}: pid must be a process id > 0, not {pid}")
+    return pid
+
+
 def stat_fields(pid: int) -> list[str]:
     """/proc/PID/stat after the command name: state, ppid, ...; OSError when the process is gone."""
     with open(f"/proc/{pid}/stat") as f:

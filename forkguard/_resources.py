@@ -135,6 +135,8 @@ def _describe(obj: object) -> tuple[int, str]:
         raise TypeError(f"forkguard.track: cannot track {type(obj).__name__}: give a file object, a socket "
                         "or a file descriptor number")
     kind = "fd" if isinstance(obj, int) else "socket" if isinstance(obj, socket.socket) else "file"
+    if kind == "fd" and not 0 <= obj < 2**31:  # type: ignore[operator]
+        raise ValueError(f"forkguard.track: {obj} is not a file descriptor number (0 to 2**31-1)")
     try:
         fd = obj if isinstance(obj, int) else obj.fileno()  # type: ignore[attr-defined]
         os.fstat(fd)
@@ -232,7 +234,9 @@ def _cover_with_devnull(fd: int) -> None:
 
 def inherited(pid: int | None = None) -> list[FdInfo]:
     """Every open descriptor of this process (or ``pid``), read from /proc."""
-    pid = os.getpid() if pid is None else pid
+    from ._procfs import check_pid
+
+    pid = os.getpid() if pid is None else check_pid(pid, "forkguard.inherited")
     base = f"/proc/{pid}/fd"
     try:
         fds = sorted(int(name) for name in os.listdir(base))

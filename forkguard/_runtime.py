@@ -10,6 +10,7 @@ each feature's policy, then the user's ``after_in_child`` hooks.
 from __future__ import annotations
 
 import os
+import sys
 from collections import namedtuple
 
 from . import _context, _features, _policy, _process
@@ -27,8 +28,8 @@ class ForkInfo(
     namedtuple(
         "ForkInfo",
         "pid parent_pid generation is_child kind live_contexts detected_by feature_changes hook_errors"
-        " fork_mode exit_mode fork_warnings",
-        defaults=(None, None, (), 0, "allow", "none", 0),
+        " fork_mode exit_mode fork_warnings nested_forks",
+        defaults=(None, None, (), 0, "allow", "none", 0, 0),
     )
 ):
     """Where this process stands in forkguard's view of the fork tree.
@@ -42,7 +43,8 @@ class ForkInfo(
     - ``feature_changes``: a :class:`FeatureChange` per feature;
     - ``hook_errors``: hook and feature-callback exceptions logged in this process;
     - ``fork_mode``, ``exit_mode``: the policies in force (see :func:`set_fork_mode`);
-    - ``fork_warnings``: forks this process made under the ``warn`` fork mode.
+    - ``fork_warnings``: forks this process made under the ``warn`` fork mode;
+    - ``nested_forks``: forks this process made from inside a forkguard hook (no hook ran for them).
     """
 
     __slots__ = ()
@@ -70,6 +72,8 @@ def _child_step(via: str) -> None:
     state = _state
     state[0] += 1
     state[1], state[2], state[3] = via, live, ()
+    if registry.running_in is not None and registry.in_hook():
+        return  # forked from inside a hook: no hook runs for this fork (see _before_fork)
     feature_error = None
     if _features._features:
         state[3], feature_error = _features.apply_fork_policies(live)
@@ -79,10 +83,46 @@ def _child_step(via: str) -> None:
         registry.raise_if_strict(feature_error)
 
 
+# Whether stdout and stderr are flushed before every fork (set_flush_stdio).
+_flush_stdio = [True]
+
+
 def _before_fork() -> None:
     _process.check_fork()  # a libc-forked process settles its own identity before forking again
+    if registry.running_in is not None and registry.in_hook():
+        # A hook is forking: running the hooks again would recurse (a `before`
+        # hook that forks would fork again, ~250 levels deep). Count it instead.
+        registry.count_nested_fork()
+        _process._resumes_forking_code[0] = True
+        return
+    _process._resumes_forking_code[0] = "multiprocessing.popen_fork" not in sys.modules or not _in_multiprocessing()
     if registry.before:
         registry.run("before")
+    if _flush_stdio[0]:
+        _flush_standard_streams()
+
+
+def _in_multiprocessing() -> bool:
+    """Whether multiprocessing's fork start method is making this fork (its child never returns here)."""
+    try:
+        launch = sys.modules["multiprocessing.popen_fork"].Popen._launch.__code__
+    except (KeyError, AttributeError):
+        return False
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code is launch:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _flush_standard_streams() -> None:
+    """Push out stdout's and stderr's buffers, or the child would write the same bytes again at its exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            pass  # None (pythonw, closed), a broken pipe, or closed: nothing to duplicate
 
 
 def _after_fork_in_child() -> None:
@@ -91,8 +131,20 @@ def _after_fork_in_child() -> None:
 
 
 def _after_fork_in_parent() -> None:
-    if registry.after_in_parent:
+    if registry.after_in_parent and not (registry.running_in is not None and registry.in_hook()):
         registry.run("after_in_parent")
+
+
+def set_flush_stdio(enabled: bool) -> None:
+    """Flush ``sys.stdout`` and ``sys.stderr`` before every fork Python makes (the default), or not.
+
+    Without it, output still buffered at the fork is written by the parent and
+    again by the child. Turn it off only where a flush could block the fork (a
+    full pipe nobody reads) and nothing is printed before forking.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"forkguard.set_flush_stdio: enabled must be True or False, not {enabled!r}")
+    _flush_stdio[0] = enabled
 
 
 _process.set_new_process_handler(_child_step)
@@ -120,6 +172,7 @@ def fork_info() -> ForkInfo:
         fork_mode=_policy.fork_mode()["mode"],
         exit_mode=_policy.exit_mode()["mode"],
         fork_warnings=_policy.fork_warnings(),
+        nested_forks=registry.nested_forks,
     )
 
 

@@ -209,5 +209,5 @@ print(json.dumps(forkguard.exit_mode()))
     proc = run_python("import forkguard", env={"FORKGUARD_EXIT_MODE": "kill_children", "FORKGUARD_EXIT_GRACE": "-1"},
                       check=False)
     assert proc.returncode != 0
-    assert "FORKGUARD_EXIT_GRACE='-1': not a number of seconds >= 0" in proc.stderr.splitlines()[-1]
+    assert "FORKGUARD_EXIT_GRACE='-1': not a finite number of seconds >= 0" in proc.stderr.splitlines()[-1]
     assert json

@@ -198,16 +198,16 @@ print(json.dumps({{"outcome": outcome, "alive": alive, "seconds": time.monotonic
 
 
 @pytest.mark.parametrize("call, error", [
-    ("set_fork_mode('forbid')", "'forbid' is not a fork mode; use one of allow, warn, deny, wait_for_exit_exec"),
-    ("set_fork_mode('wait_for_exit_exec', timeout=-1)", "timeout must be a number of seconds >= 0"),
-    ("set_fork_mode('wait_for_exit_exec', on_timeout='explode')", "'explode' is not a on_timeout"),
+    ("set_fork_mode('forbid')", "'forbid' is not a valid fork mode; use one of allow, warn, deny, wait_for_exit_exec"),
+    ("set_fork_mode('wait_for_exit_exec', timeout=-1)", "timeout must be a finite number of seconds >= 0"),
+    ("set_fork_mode('wait_for_exit_exec', on_timeout='explode')", "'explode' is not a valid on_timeout"),
     ("set_fork_mode('deny', timeout=3)", "timeout and on_timeout apply only to 'wait_for_exit_exec'"),
     ("set_fork_mode('warn', deny_exec=True)", "deny_exec applies only to 'deny'"),
-    ("set_exit_mode('kill_everyone')", "'kill_everyone' is not a exit mode"),
-    ("set_exit_mode('kill_children', grace='soon')", "grace must be a number of seconds >= 0"),
+    ("set_exit_mode('kill_everyone')", "'kill_everyone' is not a valid exit mode"),
+    ("set_exit_mode('kill_children', grace='soon')", "grace must be a number of seconds, not str"),
     ("set_exit_mode('kill_children', descendants=True)", "descendants applies only to 'wait_for_children'"),
     ("set_exit_mode('none', pdeathsig=True)", "pdeathsig needs an exit mode"),
-    ("set_exit_mode('kill_children', pdeathsig=999)", "pdeathsig must be True, False or a signal number"),
+    ("set_exit_mode('kill_children', pdeathsig=999)", "pdeathsig 999 is not a signal number"),
 ])
 def test_bad_modes_and_options_are_refused_with_one_line_and_change_nothing(call, error):
     out = run_json(f'''

@@ -163,10 +163,10 @@ print(json.dumps({{"parent": os.getpid(), "forked": forked, "libc": libc}}))
 
 
 @pytest.mark.parametrize("code, error", [
-    ("forkguard.Semaphore(-1)", "value must be an int >= 0"),
+    ("forkguard.Semaphore(-1)", "value must be >= 0"),
     ("forkguard.ForkLocal(3)", "factory must be callable"),
     ("forkguard.ForkLocal(list, close=1)", "close must be callable or None"),
-    ("forkguard.Service(print, interval=0)", "interval must be a number of seconds > 0"),
+    ("forkguard.Service(print, interval=0)", "interval must be a finite number of seconds > 0"),
     ("forkguard.Service(None)", "target must be callable"),
 ])
 def test_primitives_reject_bad_input(code, error):
