@@ -7,9 +7,10 @@ third-party import, no thread. See README.md for the guide.
 from . import _env, _policy
 from ._context import ActiveContext, active, live_contexts
 from ._doctor import doctor
+from ._exitmode import exit_mode, set_exit_mode
 from ._features import Feature, FeatureChange, features
 from ._hooks import Hook
-from ._policy import exit_mode, fork_mode, set_exit_mode, set_fork_mode
+from ._policy import fork_mode, set_fork_mode
 from ._primitives import BoundedSemaphore, Condition, Event, ForkLocal, Lock, RLock, Semaphore, Service
 from ._process import check_fork, install_signal_trigger, uninstall_signal_trigger
 from ._resources import FdInfo, Tracked, inherited, set_inherit_preset, track, tracked, untrack

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import _features, _hooks, _policy, _primitives, _process, _resources, _runtime
+from . import _exitmode, _features, _hooks, _policy, _primitives, _process, _resources, _runtime
 
 
 def doctor(pid: int | None = None) -> dict[str, object]:
@@ -32,7 +32,7 @@ def doctor(pid: int | None = None) -> dict[str, object]:
         info = _runtime.fork_info()
         report.update({
             "fork_info": {**info._asdict(), "feature_changes": [c._asdict() for c in info.feature_changes]},
-            "fork_mode": _policy.fork_mode(), "exit_mode": _policy.exit_mode(),
+            "fork_mode": _policy.fork_mode(), "exit_mode": _exitmode.exit_mode(),
             "tracked": [t._asdict() for t in _resources.tracked()],
             "inherit_preset": _resources._state.preset,
             "hooks": [repr(h) for h in _hooks.registry.hooks()],

@@ -11,9 +11,8 @@ Fork modes, after seed 003's library OS:
   exec'd or exited. The child holds the write end of a close-on-exec pipe; the
   parent reads to EOF, which comes exactly when the kernel closes that end.
 
-Exit modes: ``kill_children`` (SIGTERM, a grace period, SIGKILL, reap) and
-``wait_for_children`` (optionally every descendant, as a child subreaper), run
-at interpreter exit and on SIGTERM.
+Exit modes live in ``_exitmode``; the wrappers here also record the children
+forked through Python for them. Both are read from the FORKGUARD_* variables here.
 
 Nothing here is imported work until a mode is set: no wrapper, no hook, no
 handler.
@@ -27,16 +26,12 @@ import signal
 import sys
 import time
 
-from . import _env, _log, _process
+from . import _env, _exitmode, _log, _process
+from ._exitmode import EXIT_MODES, set_exit_mode
 from ._hooks import registry
 
 FORK_MODES = ("allow", "warn", "deny", "wait_for_exit_exec")
-EXIT_MODES = ("none", "kill_children", "wait_for_children")
 ON_TIMEOUT = ("warn", "kill")
-
-# include/uapi/linux/prctl.h
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
 
 _real = {"fork": os.fork, "forkpty": os.forkpty}
 
@@ -56,23 +51,7 @@ class _ForkPolicy:
         self.saved_exec: dict[tuple[object, str], object] = {}
 
 
-class _ExitPolicy:
-    """The exit mode in force and its options."""
-
-    def __init__(self) -> None:
-        self.mode = "none"
-        self.grace = 5.0
-        self.timeout: float | None = None
-        self.descendants = False
-        self.pdeathsig = 0
-        self.registered: object = None  # the before-fork hook that keeps the atexit handler first
-        self.previous_sigterm: object = None
-        self.pdeathsig_hook = None
-        self.prctl = None
-
-
 _fork = _ForkPolicy()
-_exit = _ExitPolicy()
 
 
 # ---------------------------------------------------------------------------- fork modes
@@ -96,8 +75,7 @@ def set_fork_mode(
     if mode == "wait_for_exit_exec" and not _fork.pipe_hook:
         registry.add({"after_in_child": _close_inherited_exec_pipe}, priority=2**31)
         _fork.pipe_hook = True
-    _install_fork_wrappers(mode in ("deny", "wait_for_exit_exec"))
-    _install_exec_guards(deny_exec)
+    refresh_wrappers()
     if mode == "warn" and _fork.warn_hook is None:
         _fork.warn_hook = registry.add({"before": _warn_before_fork}, priority=-(2**31))
     elif mode != "warn" and _fork.warn_hook is not None:
@@ -133,6 +111,12 @@ def fork_warnings() -> int:
     return count if pid == _process.current_pid() else 0
 
 
+def refresh_wrappers() -> None:
+    """Put forkguard's wrappers around os.fork and the spawn calls where a mode needs them, and only there."""
+    _install_fork_wrappers(_fork.mode in ("deny", "wait_for_exit_exec") or _exitmode.recording())
+    _install_exec_guards(_fork.deny_exec or _exitmode.recording())
+
+
 def _install_fork_wrappers(on: bool) -> None:
     # os.fork is replaced rather than hooked: an at-fork hook cannot stop a fork
     # (CPython only reports its exception) and is not told the child's pid.
@@ -150,21 +134,23 @@ def _denied(what: str) -> OSError:
 
 
 def _guarded_fork() -> int:
-    """``os.fork`` under a ``deny`` or ``wait_for_exit_exec`` mode."""
+    """``os.fork`` under a ``deny`` or ``wait_for_exit_exec`` mode, or an exit mode that records children."""
     if _fork.mode == "deny":
         raise _denied("fork()")
-    if _fork.mode == "wait_for_exit_exec":
-        return _fork_and_wait(_real["fork"])  # type: ignore[return-value]
-    return _real["fork"]()
+    pid = _fork_and_wait(_real["fork"]) if _fork.mode == "wait_for_exit_exec" else _real["fork"]()
+    if pid:
+        _exitmode.record_child(pid)
+    return pid  # type: ignore[no-any-return]
 
 
 def _guarded_forkpty() -> tuple[int, int]:
-    """``os.forkpty`` under a ``deny`` or ``wait_for_exit_exec`` mode."""
+    """``os.forkpty`` under a ``deny`` or ``wait_for_exit_exec`` mode, or an exit mode that records children."""
     if _fork.mode == "deny":
         raise _denied("forkpty()")
-    if _fork.mode == "wait_for_exit_exec":
-        return _fork_and_wait(_real["forkpty"])  # type: ignore[return-value]
-    return _real["forkpty"]()
+    result = _fork_and_wait(_real["forkpty"]) if _fork.mode == "wait_for_exit_exec" else _real["forkpty"]()
+    if result[0]:
+        _exitmode.record_child(result[0])
+    return result  # type: ignore[no-any-return]
 
 
 def _fork_and_wait(real_fork):  # type: ignore[no-untyped-def]
@@ -257,228 +243,25 @@ def _install_exec_guards(on: bool) -> None:
         for owner, name in _exec_targets():
             if hasattr(owner, name):
                 _fork.saved_exec[(owner, name)] = getattr(owner, name)
-                setattr(owner, name, _exec_denier(name))
+                setattr(owner, name, _exec_wrapper(name, _fork.saved_exec[(owner, name)]))
     elif not on and _fork.saved_exec:
         for (owner, name), original in _fork.saved_exec.items():
             setattr(owner, name, original)
         _fork.saved_exec.clear()
 
 
-def _exec_denier(name: str):  # type: ignore[no-untyped-def]
-    def denied(*args: object, **kwargs: object) -> object:
-        raise _denied(f"{name}() (fork+exec)")
+def _exec_wrapper(name: str, original):  # type: ignore[no-untyped-def]
+    """``original`` (a call that forks and execs) refused under deny_exec, its child recorded for exit modes."""
+    def spawn(*args: object, **kwargs: object) -> object:
+        if _fork.deny_exec:
+            raise _denied(f"{name}() (fork+exec)")
+        result = original(*args, **kwargs)
+        if name != "system":  # the others return the child's pid; os.system waits for its child itself
+            _exitmode.record_child(result)  # type: ignore[arg-type]
+        return result
 
-    denied.__name__ = name
-    return denied
-
-
-# ---------------------------------------------------------------------------- exit modes
-
-
-def set_exit_mode(
-    mode: str,
-    *,
-    grace: float = 5.0,
-    timeout: float | None = None,
-    descendants: bool = False,
-    pdeathsig: bool | int = False,
-) -> None:
-    """Choose what happens to this process's children when it exits.
-
-    ``kill_children``: SIGTERM, then SIGKILL after ``grace`` seconds, then reap.
-    ``wait_for_children``: wait for them (every descendant with
-    ``descendants=True``), then the kill path after ``timeout`` seconds if given.
-    ``pdeathsig``: each child also asks the kernel for SIGKILL (or the signal
-    given) when the forking *thread* dies, which covers a parent killed by SIGKILL.
-    Call it from the main thread: it installs a SIGTERM handler.
-    """
-    grace, timeout, death_signal = _check_exit_mode(  # type: ignore[assignment]
-        mode, grace=grace, timeout=timeout, descendants=descendants, pdeathsig=pdeathsig)
-    _install_sigterm_handler(mode != "none", "forkguard.set_exit_mode")  # the one step that can fail: first
-
-    _exit.mode, _exit.grace, _exit.timeout, _exit.descendants = mode, grace, timeout, descendants
-    if descendants:
-        _prctl()(PR_SET_CHILD_SUBREAPER, 1)
-    if mode != "none" and not _exit.registered:
-        _exit.registered = registry.add({"before": _run_exit_mode_first}, priority=2**31)
-        _run_exit_mode_first()
-    _exit.pdeathsig = death_signal
-    if death_signal and _exit.pdeathsig_hook is None:
-        _prctl()  # load libc in the parent, not in every child
-        _exit.pdeathsig_hook = registry.add({"after_in_child": _ask_for_death_signal}, priority=2**31 - 1)
-    elif not death_signal and _exit.pdeathsig_hook is not None:
-        registry.remove(_exit.pdeathsig_hook)
-        _exit.pdeathsig_hook = None
-
-
-def _check_exit_mode(mode: str, *, grace: float = 5.0, timeout: float | None = None, descendants: bool = False,
-                     pdeathsig: bool | int = False) -> tuple[float, float | None, int]:
-    """Validate set_exit_mode's arguments; return grace, timeout and the death signal number."""
-    where = "forkguard.set_exit_mode"
-    _check_choice("exit mode", mode, EXIT_MODES, where)
-    seconds = _env.check_seconds(grace, "grace", where)
-    timeout = None if timeout is None else _env.check_seconds(timeout, "timeout", where)
-    if not isinstance(descendants, bool):
-        raise TypeError(f"{where}: descendants must be True or False, not {descendants!r}")
-    if descendants and mode != "wait_for_children":
-        raise ValueError(f"{where}: descendants applies only to 'wait_for_children', not {mode!r}")
-    if timeout is not None and mode != "wait_for_children":
-        raise ValueError(f"{where}: timeout applies only to 'wait_for_children', not {mode!r}")
-    death_signal = _check_death_signal(pdeathsig, where)
-    if death_signal and mode == "none":
-        raise ValueError(f"{where}: pdeathsig needs an exit mode, not 'none'")
-    return seconds, timeout, death_signal  # type: ignore[return-value]
-
-
-def exit_mode() -> dict[str, object]:
-    """The exit mode in force and its options, as plain data."""
-    return {"mode": _exit.mode, "grace": _exit.grace, "timeout": _exit.timeout,
-            "descendants": _exit.descendants, "pdeathsig": _exit.pdeathsig}
-
-
-# Signals whose default action does not end a process (signal(7)): as a death
-# signal they would leave orphans running (SIGCHLD, SIGURG, SIGWINCH) or
-# stopped (SIGSTOP and friends) instead of gone.
-_NOT_DEADLY = frozenset(int(getattr(signal, name)) for name in (
-    "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGWINCH") if hasattr(signal, name))
-
-
-def _check_death_signal(value: bool | int, where: str) -> int:
-    if value is True:
-        return int(signal.SIGKILL)
-    if value is False:
-        return 0
-    if not isinstance(value, int):
-        raise TypeError(f"{where}: pdeathsig must be True, False or a signal number, not {type(value).__name__}")
-    if value == 0:
-        return 0
-    if value not in {int(s) for s in signal.valid_signals()}:
-        raise ValueError(f"{where}: pdeathsig {value!r} is not a signal number (1 to {signal.SIGRTMAX})")
-    if value in _NOT_DEADLY:
-        raise ValueError(f"{where}: pdeathsig {signal.Signals(value).name} does not end a process; "
-                         "use True (SIGKILL) or a signal such as SIGTERM")
-    return int(value)
-
-
-def _prctl():  # type: ignore[no-untyped-def]
-    if _exit.prctl is None:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        _exit.prctl = libc.prctl
-    return _exit.prctl
-
-
-def _ask_for_death_signal() -> None:
-    """In each child: die with the parent (PR_SET_PDEATHSIG), even if it died already."""
-    _exit.prctl(PR_SET_PDEATHSIG, _exit.pdeathsig)
-    # The parent may have died between fork() and prctl(): the kernel will
-    # never send the signal then, so check who our parent is now.
-    if os.getppid() != _process.parent_pid():
-        os.kill(os.getpid(), _exit.pdeathsig)
-
-
-def _install_sigterm_handler(on: bool, where: str) -> None:
-    current = signal.getsignal(signal.SIGTERM)
-    if on and current in (signal.SIG_DFL, None):
-        try:
-            signal.signal(signal.SIGTERM, _on_sigterm)
-        except ValueError:
-            raise ValueError(f"{where}: call it from the main thread (it installs a SIGTERM handler)") from None
-        _exit.previous_sigterm = current
-    elif not on and current is _on_sigterm:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    """SIGTERM with no handler of the application's: run the exit mode, then die of SIGTERM."""
-    _run_exit_mode()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _run_exit_mode_first() -> None:
-    """(Re-)register the exit handler so it runs before every atexit handler registered earlier.
-
-    atexit runs the last registered first. multiprocessing's handler joins its
-    children, which would wait forever for children this mode is to kill, so
-    before each fork (a child is about to exist) ours moves to the front.
-    """
-    import atexit
-
-    atexit.unregister(_run_exit_mode)
-    atexit.register(_run_exit_mode)
-
-
-def _run_exit_mode() -> None:
-    if _exit.mode == "kill_children":
-        kill_children(_exit.grace)
-    elif _exit.mode == "wait_for_children":
-        wait_for_children(_exit.timeout, _exit.grace)
-
-
-def child_pids() -> list[int]:
-    """Pids of this process's live (or zombie) children, read from /proc."""
-    from ._procfs import children
-
-    return children().get(os.getpid(), [])
-
-
-def kill_children(grace: float = 5.0) -> list[int]:
-    """SIGTERM every child, SIGKILL those alive after ``grace`` seconds, reap all; return their pids."""
-    pids = child_pids()
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    pending = set(pids)
-    deadline = time.monotonic() + grace
-    while pending:
-        pending = {pid for pid in pending if not _reaped(pid)}
-        if not pending or time.monotonic() >= deadline:
-            break
-        time.sleep(0.01)
-    for pid in pending:
-        _signal(pid, signal.SIGKILL)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
-    return pids
-
-
-def wait_for_children(timeout: float | None = None, grace: float = 5.0) -> None:
-    """Wait until this process has no children (orphans adopted as a subreaper included).
-
-    After ``timeout`` seconds the rest get the kill path.
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            if deadline is None:
-                os.waitpid(-1, 0)
-                continue
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            if time.monotonic() >= deadline:
-                kill_children(grace)
-                return
-            time.sleep(0.01)
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
-
-
-def _reaped(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True  # not ours to reap, or reaped elsewhere
-    return done != 0
+    spawn.__name__ = name
+    return spawn
 
 
 # ---------------------------------------------------------------------------- validation and environment
@@ -542,7 +325,7 @@ def check_policy(settings: dict[str, dict[str, object]]) -> None:
     """Refuse settings that set_fork_mode / set_exit_mode would refuse, without applying any."""
     fork, exit = dict(settings["fork"]), dict(settings["exit"])
     _check_fork_mode(fork.pop("mode", "allow"), **fork)  # type: ignore[arg-type]
-    _check_exit_mode(exit.pop("mode", "none"), **exit)  # type: ignore[arg-type]
+    _exitmode.check_exit_mode(exit.pop("mode", "none"), **exit)  # type: ignore[arg-type]
 
 
 def apply_environment() -> None:

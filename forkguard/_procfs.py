@@ -29,13 +29,20 @@ def running(pid: int) -> bool:
 
 
 def children() -> dict[int, list[int]]:
-    """Every process's children (zombies included), by parent pid, from one pass over /proc."""
+    """Every process's children (zombies included), by parent pid, from one pass over /proc.
+
+    OSError when /proc cannot tell: not mounted, or no descriptor left (EMFILE);
+    an empty answer would read as "no children".
+    """
+    entries = os.listdir("/proc")
+    if "self" not in entries:
+        raise FileNotFoundError(2, "/proc is not mounted", "/proc")
     by_parent: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
+    for entry in entries:
         if entry.isdigit():
             try:
                 ppid = int(stat_fields(int(entry))[1])
-            except (OSError, ValueError, IndexError):
+            except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
                 continue  # gone meanwhile
             by_parent.setdefault(ppid, []).append(int(entry))
     return by_parent

@@ -13,7 +13,7 @@ import os
 import sys
 from collections import namedtuple
 
-from . import _context, _features, _policy, _process
+from . import _context, _exitmode, _features, _policy, _process
 from ._hooks import Hook, registry
 
 TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
@@ -170,7 +170,7 @@ def fork_info() -> ForkInfo:
         feature_changes=changes,
         hook_errors=registry.errors,
         fork_mode=_policy.fork_mode()["mode"],
-        exit_mode=_policy.exit_mode()["mode"],
+        exit_mode=_exitmode.exit_mode()["mode"],
         fork_warnings=_policy.fork_warnings(),
         nested_forks=registry.nested_forks,
     )

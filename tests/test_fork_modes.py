@@ -11,7 +11,7 @@ def test_deny_refuses_os_fork_forkpty_and_multiprocessing_fork_and_changes_nothi
     out = run_json('''
 import errno, json, multiprocessing, os, subprocess, sys
 import forkguard
-from forkguard._policy import child_pids
+from forkguard._exitmode import child_pids
 hooks = []
 forkguard.register(before=lambda: hooks.append("before"), after_in_parent=lambda: hooks.append("parent"))
 forkguard.set_fork_mode("deny")
@@ -183,7 +183,7 @@ try:
     os.kill(pid, 9); os.waitpid(pid, 0)
 except TimeoutError as exc:
     outcome, alive = str(exc), None
-from forkguard._policy import child_pids
+from forkguard._exitmode import child_pids
 print(json.dumps({{"outcome": outcome, "alive": alive, "seconds": time.monotonic() - start,
                   "children": child_pids()}}))
 ''')
