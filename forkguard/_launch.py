@@ -282,16 +282,13 @@ def _child_env(candidates: list[str], argv: object, env: dict[str, str] | None) 
     if not settings["fork"] and not settings["exit"] and not strict:
         return None  # no policy travels to this child
     unheld = unheld_policy(settings, strict, _seccomp.active_rule())
-    if unheld is None:
-        return None  # the kernel rule holds it, whatever the child is
     path = next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
-    if path is None:
-        return None  # the exec fails by itself
-    args = [os.fsdecode(a) for a in argv]  # type: ignore[attr-defined]
-    blocked = inspect(path, args, environ).blocked_by()
-    if blocked:
-        raise OSError(errno.ENOTSUP, f"forkguard: not starting {' '.join(args)!r}: {blocked}, so it would run "
-                                     f"without forkguard's {unheld}; start it without that option")
+    if unheld is not None and path is not None:  # else the kernel rule holds it all, or the exec fails anyway
+        args = [os.fsdecode(a) for a in argv]  # type: ignore[attr-defined]
+        blocked = inspect(path, args, environ).blocked_by()
+        if blocked:
+            raise OSError(errno.ENOTSUP, f"forkguard: not starting {' '.join(args)!r}: {blocked}, so it would run "
+                                         f"without forkguard's {unheld}; start it without that option")
     pythonpath = environ.get("PYTHONPATH", "")
     if AUTOLOAD_DIR in pythonpath.split(os.pathsep):
         return None

@@ -162,10 +162,10 @@ def unavailable() -> str | None:
     import ctypes
 
     if libc.prctl(PR_GET_SECCOMP, 0, 0, 0, 0) < 0:
-        return f"the kernel has no seccomp ({os.strerror(ctypes.get_errno())})"
+        return f"this kernel has no seccomp (prctl: {os.strerror(ctypes.get_errno())})"
     action = ctypes.c_uint32(SECCOMP_RET_ERRNO)
     if libc.syscall(NR_SECCOMP_X86_64, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(action)) != 0:
-        return f"the kernel cannot return errors from seccomp filters ({os.strerror(ctypes.get_errno())})"
+        return f"seccomp filters are unavailable here (seccomp(): {os.strerror(ctypes.get_errno())})"
     return None
 
 

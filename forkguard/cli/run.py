@@ -16,6 +16,7 @@ import argparse
 import os
 import re
 import shutil
+import sys
 
 from .. import _env, _launch, _policy, _seccomp
 from . import ForkguardError
@@ -154,6 +155,8 @@ def _kernel_rule(enforce: str, settings: dict[str, dict[str, object]]) -> dict[s
     if reason is not None:
         if enforce == "kernel":
             raise ForkguardError(f"--enforce kernel: {reason}; use --enforce python")
+        print(f"forkguard run: note: {reason}, so deny is enforced inside Python only (see --enforce)",
+              file=sys.stderr)
         return None
     return {"deny_exec": bool(settings["fork"].get("deny_exec", False))}
 
