@@ -188,8 +188,9 @@ def _refuse_what_would_escape(name: str, launch: _launch.Launch, settings: dict[
     else:
         other = " (only --fork-mode deny, enforced by the kernel, also holds for other programs)"
     if launch.python is None:
+        wrapper = "; if it starts Python (a wrapper, a pyenv shim), name the interpreter" * ("script" in launch.what)
         raise ForkguardError(f"{name!r} is not a Python program ({launch.what}), and {what} works inside "
-                             f"Python; run a Python program{other}")
+                             f"Python{wrapper}; run a Python program{other}")
     blocked = launch.blocked_by()
     if blocked:
         raise ForkguardError(f"{name!r} ({launch.what}) would run without {what}: {blocked}; "
