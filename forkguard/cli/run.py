@@ -78,12 +78,15 @@ class RunCommand:
         chosen = {o.dest: _parse(o, getattr(args, o.dest)) for o in RUN_OPTIONS if getattr(args, o.dest) is not None}
         enforce = str(chosen.get("enforce", "auto"))
         command = _command(args.command)
-        kernel_rule = _kernel_rule(enforce, settings)
+        kernel_rule, unavailable = _kernel_rule(enforce, settings)
         executable = _executable(command[0], env)
         launch = _launch.inspect(executable, command, env)
         _refuse_what_would_escape(command[0], launch, settings, strict, kernel_rule, enforce)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_launch.AUTOLOAD_DIR, env.get("PYTHONPATH")) if p)
         env["FORKGUARD_PACKAGE_DIR"] = PACKAGE_DIR
+        if unavailable:
+            print(f"forkguard run: note: {unavailable}, so deny is enforced inside Python only (see --enforce)",
+                  file=sys.stderr)
         if kernel_rule is not None:
             try:
                 _seccomp.install(kernel_rule["deny_exec"])
@@ -141,24 +144,23 @@ def _command(remainder: list[str]) -> list[str]:
     return remainder[1:]
 
 
-def _kernel_rule(enforce: str, settings: dict[str, dict[str, object]]) -> dict[str, bool] | None:
-    """The kernel rule to install (``{"deny_exec": bool}``), or None: ``deny`` with --enforce auto or kernel."""
+def _kernel_rule(enforce: str, settings: dict[str, dict[str, object]]) -> tuple[dict[str, bool] | None, str | None]:
+    """The kernel rule to install (``{"deny_exec": bool}``, for ``deny`` with --enforce auto or kernel) or None,
+    and why --enforce auto could not have it."""
     mode = settings["fork"].get("mode", "allow")
     if enforce == "python":
-        return None
+        return None, None
     if mode != "deny":
         if enforce == "kernel":
             raise ForkguardError(f"--enforce kernel applies only to --fork-mode deny, not {mode!r}: "
                                  "the kernel can refuse a fork, not warn about it or wait for it")
-        return None
+        return None, None
     reason = _seccomp.unavailable()
+    if reason is not None and enforce == "kernel":
+        raise ForkguardError(f"--enforce kernel: {reason}; use --enforce python")
     if reason is not None:
-        if enforce == "kernel":
-            raise ForkguardError(f"--enforce kernel: {reason}; use --enforce python")
-        print(f"forkguard run: note: {reason}, so deny is enforced inside Python only (see --enforce)",
-              file=sys.stderr)
-        return None
-    return {"deny_exec": bool(settings["fork"].get("deny_exec", False))}
+        return None, reason
+    return {"deny_exec": bool(settings["fork"].get("deny_exec", False))}, None
 
 
 def _executable(name: str, env: dict[str, str]) -> str:
