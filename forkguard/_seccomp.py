@@ -20,7 +20,7 @@ with bit 30 set) are refused outright. An unprivileged process may install a
 filter only with ``no_new_privs`` set (setuid programs then gain nothing), so
 ``install`` always sets it.
 
-Importing this module costs nothing: ctypes is loaded only to talk to the kernel.
+Importing this module costs nothing: ctypes is loaded only to install the filter.
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ NR_SECCOMP_X86_64 = 317
 
 # The filter answers close(PROBE_FD + level) with PROBE_ERRNO when it refuses at
 # least that level (0: deny, 1: deny_exec), so a process asks the kernel, not
-# its environment, whether the rule holds. Without the filter these calls fail
-# with EBADF: fds are below 2**31. No kernel call returns errno 4000.
+# its environment, whether the rule holds, in two system calls and without
+# ctypes. Without the filter these calls fail with EBADF: descriptors are below
+# 2**31. No kernel call returns errno 4000.
 PROBE_FD = 0xF0C4F0C0
 PROBE_ERRNO = 4000
 
@@ -192,44 +193,20 @@ def load(instructions: list[tuple[int, int, int, int]]) -> None:
     if libc.syscall(NR_SECCOMP_X86_64, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)) != 0:
         code = ctypes.get_errno()
         raise SeccompError(code, f"the kernel refused the seccomp filter: {os.strerror(code)}")
-    _state.clear()
-
-
-# This process's answer, once asked: a filter cannot be removed, and a child
-# inherits its parent's, so the answer only changes when load() adds one.
-_state: dict[str, dict[str, bool] | None] = {}
 
 
 def active_rule() -> dict[str, bool] | None:
-    """``{"deny_exec": bool}`` when forkguard's kernel rule holds in this process (asked of the kernel), else None."""
-    if "rule" not in _state:
-        _state["rule"] = _ask_kernel()
-    return _state["rule"]
-
-
-def _ask_kernel() -> dict[str, bool] | None:
-    if os.uname().machine != "x86_64" or _seccomp_off():
-        return None  # no filter at all: no need to load ctypes
-    import ctypes
-
-    libc = _libc()
+    """``{"deny_exec": bool}`` when forkguard's kernel rule holds in this process, else None: asked of the kernel
+    with two close() calls (os.close passes a C int, so PROBE_FD - 2**32 carries the same 32 bits)."""
     answers = []
     for level in (0, 1):
-        result = libc.syscall(SYSCALLS[AUDIT_ARCH_X86_64]["close"], ctypes.c_long(PROBE_FD + level))
-        answers.append(result == -1 and ctypes.get_errno() == PROBE_ERRNO)
+        try:
+            os.close(PROBE_FD + level - 2**32)
+        except OSError as exc:
+            answers.append(exc.errno == PROBE_ERRNO)
+        else:
+            answers.append(False)
     return {"deny_exec": answers[1]} if answers[0] else None
-
-
-def _seccomp_off() -> bool:
-    """True when /proc says this process has no seccomp filter (False when /proc cannot tell)."""
-    try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Seccomp:"):
-                    return line.split()[1] == b"0"
-    except OSError:
-        pass
-    return False
 
 
 def _libc():  # type: ignore[no-untyped-def]
