@@ -23,6 +23,8 @@ import os
 import struct
 from collections import namedtuple
 
+from ._hooks import STRICT_ENV
+
 AUTOLOAD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autoload")
 
 # Interpreter options after which the sitecustomize cannot load.
@@ -199,7 +201,8 @@ def _runs_py_bytes_main(path: str) -> bool:
 
 def unheld_policy(settings: dict[str, dict[str, object]], strict_hooks: bool,
                   kernel_rule: dict[str, bool] | None) -> str | None:
-    """The part of a FORKGUARD_* policy only forkguard inside Python can hold; None when the kernel holds all of it.
+    """The part of a FORKGUARD_* policy only forkguard inside Python can hold; None when there is none
+    (nothing set, or the kernel rule holds it all).
 
     ``kernel_rule`` is the kernel rule in force (``{"deny_exec": bool}``) or None.
     """
@@ -209,7 +212,7 @@ def unheld_policy(settings: dict[str, dict[str, object]], strict_hooks: bool,
         return f"exit mode {exit['mode']!r}"
     if strict_hooks:
         return "strict hooks"
-    if mode == "deny" and kernel_rule is not None and (kernel_rule["deny_exec"] or not deny_exec):
+    if mode == "allow" or (mode == "deny" and kernel_rule is not None and (kernel_rule["deny_exec"] or not deny_exec)):
         return None
     return f"fork mode {mode!r}"
 
@@ -276,7 +279,7 @@ def _child_env(candidates: list[str], argv: object, env: dict[str, str] | None) 
     environ = dict(os.environ) if env is None else env
     try:
         settings = _policy.policy_from_environment(environ)
-        strict = _env.parse_bool(environ.get("FORKGUARD_STRICT_HOOKS", "").strip() or "0")
+        strict = _env.parse_bool(environ.get(STRICT_ENV, "") or "0")
     except ValueError:
         return None  # the child refuses to start itself, with its own one line
     if not settings["fork"] and not settings["exit"] and not strict:

@@ -497,6 +497,14 @@ except OSError as exc:
     assert not (tmp_path / "child-started").exists()
 
 
+def test_a_child_interpreter_with_nothing_to_apply_starts(tmp_path):
+    """Under --fork-mode allow (or deny held by the kernel) a -S child loses nothing, so it starts."""
+    program = "import subprocess, sys\nprint(subprocess.run([sys.executable, '-S', '-c', 'print(7)']).returncode)"
+    for options in (["--fork-mode", "allow"], ["--fork-mode", "deny"]):
+        proc = run([*options, "--", sys.executable, "-c", program], cwd=tmp_path)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "7\n0\n", "")
+
+
 def test_a_child_given_its_own_pythonpath_still_gets_the_policy(tmp_path):
     program = ("import os, subprocess, sys\n"
                "env = dict(os.environ, PYTHONPATH='somewhere-else')\n"

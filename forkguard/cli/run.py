@@ -19,6 +19,7 @@ import shutil
 import sys
 
 from .. import _env, _launch, _policy, _seccomp
+from .._hooks import STRICT_ENV
 from . import ForkguardError
 
 PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,10 +118,10 @@ def _policy_environment(args: argparse.Namespace) -> tuple[dict[str, str], dict[
             _parse(option, raw)
             env[option.variable] = given[option.variable] = raw
     if args.strict_hooks:
-        env["FORKGUARD_STRICT_HOOKS"] = "1"
+        env[STRICT_ENV] = "1"
     try:
         settings = _policy.policy_from_environment(env)  # values inherited from the environment too
-        strict = _env.parse_bool(env.get("FORKGUARD_STRICT_HOOKS", "").strip() or "0")
+        strict = _env.parse_bool(env.get(STRICT_ENV, "") or "0")
     except ValueError as exc:
         raise ForkguardError(f"{exc} (in the environment)") from None
     for target in ("fork", "exit"):
@@ -181,9 +182,9 @@ def _refuse_what_would_escape(name: str, launch: _launch.Launch, settings: dict[
                               strict: bool, kernel_rule: dict[str, bool] | None, enforce: str) -> None:
     """Refuse a program that would run without part of its policy, saying which part and what to do."""
     unheld = _launch.unheld_policy(settings, strict, kernel_rule)
-    if unheld is None:
+    if unheld is None and kernel_rule is not None:
         return  # the kernel rule holds the whole policy, whatever the program is
-    what = f"forkguard's {unheld}" if settings["fork"] or settings["exit"] or strict else "forkguard"
+    what = f"forkguard's {unheld}" if unheld else "forkguard"
     if settings["fork"].get("mode") == "deny" and kernel_rule is None:
         other = (" (or --enforce kernel, which holds deny whatever the program)" if enforce == "python"
                  else " (the kernel rule, which would hold deny whatever the program, is unavailable here)")
