@@ -249,15 +249,16 @@ def install_exec_guard() -> None:
         repaired = _child_env([_path(path)], argv, dict(env))
         return real_execve(path, argv, env if repaired is None else repaired)
 
+    # env=None (this process's environment) is accepted from 3.13, and subprocess passes it.
     def posix_spawn(path, argv, env, **kwargs):  # type: ignore[no-untyped-def]
-        repaired = _child_env([_path(path)], argv, dict(env))
+        repaired = _child_env([_path(path)], argv, None if env is None else dict(env))
         return real_spawn(path, argv, env if repaired is None else repaired, **kwargs)
 
     def posix_spawnp(path, argv, env, **kwargs):  # type: ignore[no-untyped-def]
         import shutil
 
         found = shutil.which(_path(path)) if os.sep not in _path(path) else _path(path)
-        repaired = _child_env([found] if found else [], argv, dict(env))
+        repaired = _child_env([found] if found else [], argv, None if env is None else dict(env))
         return real_spawnp(path, argv, env if repaired is None else repaired, **kwargs)
 
     _posixsubprocess.fork_exec = fork_exec  # type: ignore[attr-defined]

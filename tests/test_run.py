@@ -371,7 +371,9 @@ def test_programs_are_recognised_by_what_the_file_is_not_by_its_name(tmp_path):
     tool.write_text(f"#!{sys.executable}\nimport forkguard\nprint(forkguard.fork_mode()['mode'])\n")
     via_env = tmp_path / "tool-env"
     via_env.write_text("#!/usr/bin/env -S python3 -E\nprint('ran')\n")
-    for script in (fake, tool, via_env):
+    plain_env = tmp_path / "tool-plain-env"
+    plain_env.write_text("#!/usr/bin/env python3\nimport sys\nprint(sys.modules['forkguard'].fork_mode()['mode'])\n")
+    for script in (fake, tool, via_env, plain_env):
         script.chmod(0o755)
     env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     real_config = "/usr/bin/python3-config"  # Debian's (python3-dev), where installed
@@ -386,6 +388,8 @@ def test_programs_are_recognised_by_what_the_file_is_not_by_its_name(tmp_path):
     assert (proc.returncode, proc.stdout) == (0, "warn\n"), proc.stderr
     proc = run(["--fork-mode", "warn", "--", str(via_env)], cwd=tmp_path, env=env)
     assert proc.returncode == 2 and "-E ignores PYTHONPATH (given on its #! line)" in proc.stderr
+    proc = run(["--fork-mode", "warn", "--", str(plain_env)], cwd=tmp_path, env=env)
+    assert (proc.returncode, proc.stdout) == (0, "warn\n"), proc.stderr
 
 
 @pytest.mark.slow
