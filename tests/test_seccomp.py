@@ -78,7 +78,8 @@ native = ctypes.CDLL(sys.argv[1], use_errno=True)
 for name in ("raw_clone", "i386_fork", "i386_clone", "x32_fork", "raw_clone3", "i386_getpid"):
     getattr(native, name).restype = ctypes.c_long
 marker = sys.argv[2]
-native.set_marker(marker.encode())
+marker_bytes = marker.encode()  # the C side keeps the pointer: this object must live as long as the process
+native.set_marker(marker_bytes)
 libc = ctypes.CDLL(None, use_errno=True)
 
 def raw(result, negative_errno=False):
@@ -162,7 +163,7 @@ def run_calls(native: Path, tmp_path: Path, rule: str) -> dict[str, object]:
     script.write_text(CALLS)
     marker = tmp_path / "child-ran"
     proc = subprocess.run([sys.executable, str(script), str(native), str(marker), rule], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -185,6 +186,7 @@ def test_without_the_rule_the_same_calls_create_processes(native, tmp_path):
         assert out[name] == "ok", name
     assert out["marker"] is True
     assert out["kernel"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calls.py", "child-ran"]  # each child wrote the marker
 
 
 def test_kernel_rule_is_read_from_the_kernel_not_from_the_environment():
