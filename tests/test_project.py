@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, run_python
 
 
@@ -74,6 +75,7 @@ def test_inherited_example_contrasts_posix_and_forkguard():
     assert parent[0] == parent[1] and child[0] == child[1] and parent[0] != child[0]
 
 
+@pytest.mark.tools
 def test_readme_check_example_verdicts():
     """README's `forkguard check leaks` examples: the native leak is found, the bounded cache is not a leak."""
     for target, expect in (("examples/leaky.py:leak_native", 1), ("examples/leaky.py:cached", 0)):
