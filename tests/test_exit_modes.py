@@ -116,6 +116,7 @@ def watch(parent: str, action: str = "normal", prefix: tuple[str, ...] = ()) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("action, returncode", [("normal", 0), ("exception", 1), ("sigterm", -15), ("sigint", -2)])
 def test_kill_children_leaves_no_child_alive_and_no_zombie(action, returncode):
+    # readme: exit modes / kill_children
     out = scenario("kill_children", action, options=", grace=1.0")
     assert out["returncode"] == returncode
     # The parent killed and reaped every child before it was gone: no process, not even a zombie.
@@ -125,6 +126,7 @@ def test_kill_children_leaves_no_child_alive_and_no_zombie(action, returncode):
 
 @pytest.mark.slow
 def test_exit_mode_none_leaves_the_children_running_control():
+    # readme: exit modes / none
     # (no multiprocessing child: its own atexit handler would join it, for 60 s)
     out = scenario("none", "normal", with_multiprocessing=False)
     assert all(state not in (None, "Z") for state in out["right_after"].values()), out
@@ -162,6 +164,7 @@ if child == 0:
 @pytest.mark.slow
 @pytest.mark.parametrize("descendants", [True, False])
 def test_wait_for_children_waits_for_grandchildren_only_as_a_subreaper(tmp_path, descendants):
+    # readme: exit modes / wait_for_children
     marker = tmp_path / "grandchild-finished"
     out = run_json(f'''
 import json, subprocess, sys, time

@@ -17,6 +17,18 @@ import sys
 import pytest
 from conftest import ROOT
 
+# Each README "primitives" row is one item here (and the whole matrix runs under fork mode "allow"):
+# readme: primitives / Lock
+# readme: primitives / RLock
+# readme: primitives / Condition
+# readme: primitives / Semaphore
+# readme: primitives / BoundedSemaphore
+# readme: primitives / Event
+# readme: primitives / ForkLocal
+# readme: primitives / Service
+# readme: primitives / feature context
+# readme: primitives / tracked file
+# readme: fork modes / allow
 ITEMS = ("Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event_set", "Event_unset", "ForkLocal",
          "Service", "feature_context", "tracked_file")
 HOLDERS = ("forking", "other", "nobody")  # the forking thread, another thread, no thread
