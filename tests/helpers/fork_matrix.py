@@ -1,5 +1,9 @@
 """One row of the fork matrix: ``python fork_matrix.py METHOD ITEM`` prints a JSON result per holder.
 
+ITEM is a primitive (or a feature context, a tracked file), or a policy: a fork
+mode (one fork under it, what the parent and child saw) or an exit mode
+(children left sleeping, then this process exits; the test judges what is left).
+
 For each holder (``forking``: the thread that forks holds the item or has the
 state live; ``other``: another thread does; ``nobody``) it makes a fresh item,
 arranges the holder, forks by METHOD, runs ``observe_in_child()`` in the new
@@ -15,6 +19,7 @@ import ctypes
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -242,7 +247,7 @@ CELL: dict = {}  # the current cell, for the pool worker (it runs a module-level
 
 
 def cell_body() -> dict:
-    return observe_in_child(CELL["item"], CELL["obj"], CELL["let_go"])
+    return CELL["body"]()
 
 
 def mp_entry(connection) -> None:  # type: ignore[no-untyped-def]
@@ -256,12 +261,14 @@ def fork_os(fork, hold, let_go):  # type: ignore[no-untyped-def]
     """fork() by ``fork`` in the calling thread (which holds), child reports through a pipe."""
     read_fd, write_fd = os.pipe()
     hold()
+    started = time.monotonic()
     pid = fork()
     if pid == 0:
         os.close(read_fd)
         forkguard.check_fork()  # a libc fork: forkguard's first touch (no-op after os.fork)
         report_through(write_fd, cell_body)
         os._exit(0)
+    CELL["fork_seconds"] = time.monotonic() - started
     let_go()
     os.close(write_fd)
     return wait_child(pid, read_fd)
@@ -271,6 +278,7 @@ def fork_nested(hold, let_go):  # type: ignore[no-untyped-def]
     """os.fork, then the child forks again; the grandchild (generation 2) reports."""
     read_fd, write_fd = os.pipe()
     hold()
+    started = time.monotonic()
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
@@ -286,6 +294,7 @@ def fork_nested(hold, let_go):  # type: ignore[no-untyped-def]
                 os._exit(70)
             time.sleep(0.005)
         os._exit(0)
+    CELL["fork_seconds"] = time.monotonic() - started
     let_go()
     os.close(write_fd)
     return wait_child(pid, read_fd)
@@ -295,7 +304,9 @@ def fork_multiprocessing(hold, let_go):  # type: ignore[no-untyped-def]
     receive, send = FORK_CONTEXT.Pipe(duplex=False)
     process = FORK_CONTEXT.Process(target=mp_entry, args=(send,))
     hold()
+    started = time.monotonic()
     process.start()
+    CELL["fork_seconds"] = time.monotonic() - started
     let_go()
     send.close()
     report = receive.recv() if receive.poll(TIMEOUT) else None
@@ -310,7 +321,9 @@ def fork_multiprocessing(hold, let_go):  # type: ignore[no-untyped-def]
 def fork_pool(hold, let_go):  # type: ignore[no-untyped-def]
     executor = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=FORK_CONTEXT)
     hold()
+    started = time.monotonic()
     future = executor.submit(cell_body)  # the worker is forked here, in this thread
+    CELL["fork_seconds"] = time.monotonic() - started
     let_go()
     workers = list(executor._processes.values())
     try:
@@ -326,6 +339,39 @@ def fork_pool(hold, let_go):  # type: ignore[no-untyped-def]
     return report, max((abs(w.exitcode or 0) for w in workers), default=0)
 
 
+def forker_for(method: str, hold, let_go):  # type: ignore[no-untyped-def]
+    """A callable that forks by ``method`` (``hold`` just before, in the forking thread) and returns
+    (the child's report, its exit code)."""
+    if method == "os.fork":
+        return lambda: fork_os(os.fork, hold, let_go)
+    if method == "libc fork":
+        return lambda: fork_os(ctypes.PyDLL(None).fork, hold, let_go)
+    if method == "nested":
+        return lambda: fork_nested(hold, let_go)
+    if method == "multiprocessing":
+        return lambda: fork_multiprocessing(hold, let_go)
+    if method == "ProcessPoolExecutor":
+        return lambda: fork_pool(hold, let_go)
+    if method == "non-main thread":
+        def fork() -> tuple[object, object]:
+            box: list = []
+
+            def run() -> None:
+                try:
+                    box.append(fork_os(os.fork, hold, let_go))
+                except BaseException as exc:  # a denied fork: raise it in the caller
+                    box.append(exc)
+
+            thread = threading.Thread(target=run, name="forker")
+            thread.start()
+            thread.join()
+            if isinstance(box[0], BaseException):
+                raise box[0]
+            return box[0]
+        return fork
+    raise ValueError(method)
+
+
 def run_cell(holder: str) -> dict:
     obj = make_item(ITEM)
     other = arrange_other_thread(ITEM, obj) if holder == "other" else None
@@ -333,30 +379,10 @@ def run_cell(holder: str) -> dict:
     hold = forker_holder.hold if holder == "forking" else (lambda: None)
     let_go = forker_holder.let_go
     resumes = METHOD in ("os.fork", "libc fork", "non-main thread", "nested")
-    CELL.update(item=ITEM, obj=obj, let_go=let_go if holder == "forking" and resumes else None)
+    CELL.update(body=lambda: observe_in_child(ITEM, obj, let_go if holder == "forking" and resumes else None))
     if ITEM == "Event_set" and holder == "nobody":
         obj.set()  # set up front, by no thread in particular
-    if METHOD == "os.fork":
-        fork = lambda: fork_os(os.fork, hold, let_go)  # noqa: E731
-    elif METHOD == "libc fork":
-        fork = lambda: fork_os(ctypes.PyDLL(None).fork, hold, let_go)  # noqa: E731
-    elif METHOD == "nested":
-        fork = lambda: fork_nested(hold, let_go)  # noqa: E731
-    elif METHOD == "multiprocessing":
-        fork = lambda: fork_multiprocessing(hold, let_go)  # noqa: E731
-    elif METHOD == "ProcessPoolExecutor":
-        fork = lambda: fork_pool(hold, let_go)  # noqa: E731
-    elif METHOD == "non-main thread":
-        box: list = []
-
-        def fork() -> tuple[object, object]:  # type: ignore[misc]
-            thread = threading.Thread(target=lambda: box.append(fork_os(os.fork, hold, let_go)), name="forker")
-            thread.start()
-            thread.join()
-            return box[0]
-    else:
-        raise ValueError(METHOD)
-    report, code = fork()
+    report, code = forker_for(METHOD, hold, let_go)()
     parent: dict = {}
     if ITEM == "tracked_file":
         parent["offset"] = os.lseek(obj.fileno(), 0, os.SEEK_CUR)
@@ -371,6 +397,106 @@ def run_cell(holder: str) -> dict:
     return {"report": report, "exit": code, "parent": parent}
 
 
+# ---------------------------------------------------------------------------- policies
+
+
+def run_fork_mode(mode: str) -> dict:
+    """Fork once by METHOD under fork mode ``mode``: what the parent saw, and the child's report if any."""
+    if mode == "wait_for_exit_exec":
+        forkguard.set_fork_mode(mode, timeout=1.0)  # a pool worker never exits or execs: it returns after 1 s
+        CELL["body"] = lambda: time.sleep(0.4) or {"slept": True}
+    else:
+        forkguard.set_fork_mode(mode)
+        CELL["body"] = lambda: {"ran": True}
+    try:
+        report, code = forker_for(METHOD, lambda: None, lambda: None)()
+        error = None
+    except OSError as exc:
+        report, code, error = None, None, exc.errno
+    return {"report": report, "exit": code, "error": error, "fork_seconds": CELL.get("fork_seconds"),
+            "warnings": forkguard.fork_info().fork_warnings}
+
+
+SLEEP = {"seconds": 60.0, "markers": ""}
+
+
+def quiet() -> None:
+    """A child that may outlive the row must not hold the row's stdout and stderr open."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+
+
+def sleeper() -> int:
+    """Sleep, then leave a marker with the time this process finished."""
+    quiet()
+    time.sleep(SLEEP["seconds"])
+    with open(os.path.join(SLEEP["markers"], str(os.getpid())), "w") as f:
+        f.write(repr(time.time()))
+    return os.getpid()
+
+
+def sleeping_child(fork) -> int:  # type: ignore[no-untyped-def]
+    pid = fork()
+    if pid == 0:
+        forkguard.check_fork()
+        sleeper()
+        os._exit(0)
+    return pid
+
+
+def spawn_sleepers() -> list[int]:
+    """Children (and for nested a grandchild) made by METHOD that sleep; their pids."""
+    if METHOD in ("os.fork", "libc fork"):
+        return [sleeping_child(os.fork if METHOD == "os.fork" else ctypes.PyDLL(None).fork)]
+    if METHOD == "non-main thread":
+        box: list[int] = []
+        thread = threading.Thread(target=lambda: box.append(sleeping_child(os.fork)))
+        thread.start()
+        thread.join()
+        return box
+    if METHOD == "nested":
+        read_fd, write_fd = os.pipe()
+        middle = os.fork()
+        if middle == 0:
+            os.write(write_fd, str(sleeping_child(os.fork)).encode())
+            sleeper()
+            os._exit(0)
+        os.close(write_fd)
+        return [middle, int(os.read(read_fd, 64))]
+    if METHOD == "multiprocessing":
+        process = FORK_CONTEXT.Process(target=sleeper)
+        process.start()
+        return [process.pid]
+    if METHOD == "ProcessPoolExecutor":
+        executor = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=FORK_CONTEXT)
+        CELL["executor"] = executor  # kept: the pool shuts down at exit
+        executor.submit(sleeper)
+        return list(executor._processes)
+    raise ValueError(METHOD)
+
+
+def run_exit_mode(mode: str) -> None:
+    """Leave sleeping children behind and exit: by SIGTERM under kill_children, normally under wait_for_children."""
+    SLEEP["markers"] = tempfile.mkdtemp(prefix="forkguard-matrix-")
+    if mode == "kill_children":
+        forkguard.set_exit_mode(mode, grace=0.5)
+    else:
+        forkguard.set_exit_mode(mode, descendants=True, timeout=20, grace=0.5)
+        SLEEP["seconds"] = 0.5
+    pids = spawn_sleepers()
+    print(json.dumps({"pids": pids, "markers": SLEEP["markers"]}), flush=True)
+    if mode == "kill_children":
+        os.kill(os.getpid(), signal.SIGTERM)  # the exit mode runs, then the process dies of SIGTERM
+        time.sleep(30)
+    sys.exit(0)  # wait_for_children: a normal exit waits for every descendant
+
+
+if ITEM in ("warn", "deny", "wait_for_exit_exec"):
+    print(json.dumps(run_fork_mode(ITEM)), flush=True)
+    os._exit(0)
+if ITEM in ("kill_children", "wait_for_children"):
+    run_exit_mode(ITEM)
 print(json.dumps({holder: run_cell(holder) for holder in ("forking", "other", "nobody")}))
 sys.stdout.flush()
 os._exit(0)  # nothing of this row must outlive it (services, pools)
