@@ -41,7 +41,11 @@ def check_seconds(value: object, what: str, where: str, *, positive: bool = Fals
     """A finite number of seconds (>= 0, or > 0 with ``positive``); TypeError or ValueError in one line."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{where}: {what} must be a number of seconds, not {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int past float's range
+        finite = False
+    if not finite or value < 0 or (positive and value == 0):
         raise ValueError(f"{where}: {what} must be a finite number of seconds {'> 0' if positive else '>= 0'}, "
                          f"not {value!r}")
     return float(value)

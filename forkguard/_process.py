@@ -234,9 +234,7 @@ def install_signal_trigger(signum: int | None = None) -> None:
     """
     import signal
 
-    signum = signal.SIGUSR2 if signum is None else signum
-    if signum not in signal.valid_signals() or signum in (signal.SIGKILL, signal.SIGSTOP):
-        raise ValueError(f"forkguard.install_signal_trigger: {signum!r} is not a signal a handler can catch")
+    signum = _catchable_signal(signum, "forkguard.install_signal_trigger")
     previous = signal.getsignal(signum)
     if previous is _on_trigger_signal:
         return
@@ -251,9 +249,22 @@ def uninstall_signal_trigger(signum: int | None = None) -> None:
     """Put back the handler :func:`install_signal_trigger` replaced."""
     import signal
 
-    signum = signal.SIGUSR2 if signum is None else signum
+    signum = _catchable_signal(signum, "forkguard.uninstall_signal_trigger")
     if signal.getsignal(signum) is _on_trigger_signal:
         signal.signal(signum, _trigger_previous.pop(int(signum)))  # type: ignore[arg-type]
+
+
+def _catchable_signal(signum: object, where: str) -> int:
+    """SIGUSR2 for None, else ``signum`` if a handler can catch it; TypeError or ValueError in one line."""
+    import signal
+
+    if signum is None:
+        return int(signal.SIGUSR2)
+    if isinstance(signum, bool) or not isinstance(signum, int):
+        raise TypeError(f"{where}: signum must be a signal number, not {type(signum).__name__}")
+    if signum not in signal.valid_signals() or signum in (signal.SIGKILL, signal.SIGSTOP):
+        raise ValueError(f"{where}: {signum!r} is not a signal a handler can catch")
+    return signum
 
 
 def _on_trigger_signal(signum: int, frame: object) -> None:

@@ -14,6 +14,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the trace and check tests `tools`: CI runs the rest (the runtime) on every CPython it has."""
+    for item in items:
+        if item.path.name.startswith(("test_trace", "test_check")):
+            item.add_marker(pytest.mark.tools)
+
+
 def run_python(code: str, *, env: dict[str, str] | None = None, timeout: float = 60,
                cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a new interpreter (fresh forkguard state) and return the finished process."""
@@ -135,6 +142,17 @@ def bpf():
         if os.environ.get("FORKGUARD_REQUIRE_BPF") == "1":
             pytest.fail(f"BPF is required here (FORKGUARD_REQUIRE_BPF=1) but cannot be loaded: {exc}")
         pytest.skip(f"BPF cannot be loaded here: {exc}")
+
+
+def unprivileged_python() -> str:
+    """An interpreter user ``nobody`` can start: pyenv's under /root (mode 0700) cannot load its libpython."""
+    import shutil
+
+    for candidate in (sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")):
+        if candidate and subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                         candidate, "-c", "pass"], capture_output=True).returncode == 0:
+            return candidate
+    pytest.fail("no Python interpreter that user nobody can run (install Debian's python3)")
 
 
 def require_tool(name: str) -> str:

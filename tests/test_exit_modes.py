@@ -116,6 +116,7 @@ def watch(parent: str, action: str = "normal", prefix: tuple[str, ...] = ()) -> 
 @pytest.mark.slow
 @pytest.mark.parametrize("action, returncode", [("normal", 0), ("exception", 1), ("sigterm", -15), ("sigint", -2)])
 def test_kill_children_leaves_no_child_alive_and_no_zombie(action, returncode):
+    # readme: exit modes / kill_children
     out = scenario("kill_children", action, options=", grace=1.0")
     assert out["returncode"] == returncode
     # The parent killed and reaped every child before it was gone: no process, not even a zombie.
@@ -125,6 +126,7 @@ def test_kill_children_leaves_no_child_alive_and_no_zombie(action, returncode):
 
 @pytest.mark.slow
 def test_exit_mode_none_leaves_the_children_running_control():
+    # readme: exit modes / none
     # (no multiprocessing child: its own atexit handler would join it, for 60 s)
     out = scenario("none", "normal", with_multiprocessing=False)
     assert all(state not in (None, "Z") for state in out["right_after"].values()), out
@@ -162,6 +164,7 @@ if child == 0:
 @pytest.mark.slow
 @pytest.mark.parametrize("descendants", [True, False])
 def test_wait_for_children_waits_for_grandchildren_only_as_a_subreaper(tmp_path, descendants):
+    # readme: exit modes / wait_for_children
     marker = tmp_path / "grandchild-finished"
     out = run_json(f'''
 import json, subprocess, sys, time
@@ -341,11 +344,16 @@ AT_EXIT_FORK = """
 import atexit, json, os, subprocess, sys, time
 import forkguard
 def fork_at_exit():                    # registered before the exit mode: atexit runs it after ours
-    pid = os.fork()
-    if pid == 0:
-        time.sleep(60); os._exit(0)
-    sleeper = subprocess.Popen(["sleep", "60"])
-    print(json.dumps([pid, sleeper.pid]), flush=True)
+    pids = []
+    try:
+        pid = os.fork()                # CPython 3.12 refuses os.fork() at exit; 3.10, 3.11 and 3.13 allow it
+        if pid == 0:
+            time.sleep(60); os._exit(0)
+        pids.append(pid)
+    except RuntimeError:
+        pass
+    pids.append(subprocess.Popen(["sleep", "60"]).pid)
+    print(json.dumps(pids), flush=True)
 atexit.register(fork_at_exit)
 forkguard.set_exit_mode("kill_children", grace=0.5)
 print(json.dumps([]), flush=True)
@@ -355,7 +363,7 @@ print(json.dumps([]), flush=True)
 @pytest.mark.slow
 def test_children_forked_by_an_earlier_atexit_handler_are_killed_too():
     out = watch(AT_EXIT_FORK)
-    assert out["returncode"] == 0 and len(out["right_after"]) == 2, out
+    assert out["returncode"] == 0 and len(out["right_after"]) >= 1, out
     assert set(out["right_after"].values()) == {None}, out
 
 

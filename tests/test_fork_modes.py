@@ -7,6 +7,7 @@ from conftest import FORK_HELPER, run_json, run_python
 
 
 def test_deny_refuses_os_fork_forkpty_and_multiprocessing_fork_and_changes_nothing(tmp_path):
+    # readme: fork modes / deny
     (tmp_path / "mpjob.py").write_text("def job(q):\n    q.put('ran')\n")
     out = run_json('''
 import errno, json, multiprocessing, os, subprocess, sys
@@ -72,6 +73,7 @@ print(json.dumps(results))
 
 
 def test_warn_logs_the_callers_stack_and_counts_each_fork():
+    # readme: fork modes / warn
     proc = run_python(FORK_HELPER + '''
 import multiprocessing
 import forkguard
@@ -92,6 +94,7 @@ print(json.dumps({"child": child_count, "parent": forkguard.fork_info().fork_war
 
 
 def test_wait_for_exit_exec_returns_only_once_the_child_has_execd():
+    # readme: fork modes / wait_for_exit_exec
     out = run_json('''
 import json, os, time
 import forkguard

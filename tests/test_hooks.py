@@ -248,3 +248,77 @@ print(json.dumps({"threads": threading.active_count(), "new": new}))
     stdlib = set(__import__("sys").stdlib_module_names)
     third_party = [m for m in out["new"] if m.split(".")[0] not in stdlib and m.split(".")[0] != "forkguard"]
     assert third_party == []
+
+
+@pytest.mark.parametrize("phase", ["before", "after_in_parent", "after_in_child"])
+def test_a_hook_that_forks_runs_no_hook_for_its_own_fork_and_is_counted(phase):
+    """Defect: a `before` hook that forked re-entered itself ~250 levels deep."""
+    out = run_json(FORK_HELPER + f'''
+import forkguard
+calls = []
+def forking_hook():
+    calls.append("{phase}")
+    pid = os.fork()                    # no forkguard hook may run for this one: it would recurse
+    if pid == 0:
+        os._exit(0 if forkguard.fork_info().generation >= 1 else 3)
+    calls.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+forkguard.register(**{{"{phase}": forking_hook}})
+child = in_child(lambda: [list(calls), forkguard.fork_info().nested_forks])
+print(json.dumps({{"parent": calls, "child": child, "nested": forkguard.fork_info().nested_forks}}))
+''')
+    if phase == "after_in_child":
+        assert out["child"] == [["after_in_child", 0], 1] and out["parent"] == []
+    else:
+        assert out["parent"] == [phase, 0] and out["nested"] == 1
+
+
+def test_systemexit_or_keyboardinterrupt_from_a_hook_runs_the_rest_then_propagates():
+    """Defect: a BaseException from one hook skipped every hook after it."""
+    out = run_json('''
+import json
+import forkguard
+from forkguard._hooks import registry
+calls = []
+def interrupt(): raise KeyboardInterrupt
+forkguard.register(before=lambda: calls.append("first"), priority=1)   # before hooks: lowest priority first
+forkguard.register(before=interrupt, priority=2)
+forkguard.register(before=lambda: calls.append("last"), priority=3)
+try:
+    registry.run("before")
+    raised = None
+except KeyboardInterrupt:
+    raised = "KeyboardInterrupt"
+print(json.dumps({"calls": calls, "raised": raised, "errors": forkguard.fork_info().hook_errors}))
+''')
+    assert out == {"calls": ["first", "last"], "raised": "KeyboardInterrupt", "errors": 1}
+
+
+def test_a_slow_hook_is_logged_with_its_name_and_time():
+    proc = run_python(FORK_HELPER + '''
+import time
+import forkguard
+def slow_reconnect(): time.sleep(0.3)
+def quick(): pass
+forkguard.register(after_in_child=slow_reconnect)
+forkguard.register(after_in_child=quick)
+in_child(lambda: None)
+''', env={"FORKGUARD_SLOW_HOOK_SECONDS": "0.2"})
+    lines = [line for line in proc.stderr.splitlines() if "took" in line]
+    assert len(lines) == 1 and "after_in_child hook slow_reconnect took 0.3" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_stdout_and_stderr_are_flushed_before_a_fork_unless_turned_off(flush):
+    """Defect: output buffered at the fork was written twice (by the parent and by the child at its exit)."""
+    proc = run_python(f'''
+import os, sys
+import forkguard
+forkguard.set_flush_stdio({flush})
+print("pending", end="")               # stdout is a pipe: block-buffered
+sys.stderr.write("err-pending")        # stderr is line-buffered: this waits for a newline
+if os.fork() == 0:
+    sys.exit(0)                        # a normal exit flushes whatever the child inherited
+os.wait()
+''', env={"PYTHONUNBUFFERED": ""})
+    expected = 1 if flush else 2
+    assert proc.stdout == "pending" * expected and proc.stderr == "err-pending" * expected

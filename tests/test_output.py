@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, unprivileged_python
 
 from forkguard._output import OutputError, check_output, write_output
 
@@ -123,7 +123,7 @@ def test_unwritable_directory_for_an_unprivileged_writer():
     tmp_path = Path(tempfile.mkdtemp(prefix="forkguard-out-"))  # pytest's tmp_path sits under a 0700 dir
     tmp_path.chmod(0o755)
     proc = subprocess.run(["setpriv", f"--reuid={NOBODY.pw_uid}", f"--regid={NOBODY.pw_gid}", "--clear-groups",
-                           sys.executable, "-c",
+                           unprivileged_python(), "-c",
                            f"import sys; sys.path.insert(0, {str(ROOT)!r}); from forkguard._output import "
                            f"write_output; write_output({str(tmp_path / 'x')!r}, 'x')"],
                           capture_output=True, text=True, timeout=30)

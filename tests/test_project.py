@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, run_python
 
 
@@ -74,6 +75,7 @@ def test_inherited_example_contrasts_posix_and_forkguard():
     assert parent[0] == parent[1] and child[0] == child[1] and parent[0] != child[0]
 
 
+@pytest.mark.tools
 def test_readme_check_example_verdicts():
     """README's `forkguard check leaks` examples: the native leak is found, the bounded cache is not a leak."""
     for target, expect in (("examples/leaky.py:leak_native", 1), ("examples/leaky.py:cached", 0)):
@@ -81,3 +83,30 @@ def test_readme_check_example_verdicts():
                               capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert proc.returncode == expect, proc.stdout + proc.stderr
         assert ("verdict: LEAK: RSS grows" in proc.stdout) == (expect == 1)
+
+
+def readme_table_rows() -> dict[str, list[str]]:
+    """Rows of every README table marked ``<!-- table: NAME -->``, by name: the first cell, without backticks
+    and without what follows " (" (`share` (default, preset `posix`) is "share")."""
+    tables: dict[str, list[str]] = {}
+    lines = (ROOT / "README.md").read_text().splitlines()
+    for i, line in enumerate(lines):
+        marker = re.fullmatch(r"<!-- table: (.+) -->", line.strip())
+        if marker:
+            rows = tables.setdefault(marker.group(1), [])
+            for row in lines[i + 3:]:
+                if not row.startswith("|"):
+                    break
+                rows.append(row.split("|")[1].replace("`", "").split(" (")[0].strip())
+    return tables
+
+
+def test_every_readme_table_row_is_proved_by_a_test_that_names_it():
+    """A row of a marked README table (primitives, policies) needs a test carrying `# readme: TABLE / ROW`."""
+    tables = readme_table_rows()
+    assert {"primitives", "fork modes", "exit modes", "inherited resources"} <= set(tables)
+    named = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        named |= set(re.findall(r"# readme: (.+?) / (.+)", path.read_text()))
+    missing = [(table, row) for table, rows in tables.items() for row in rows if (table, row) not in named]
+    assert not missing, f"README table rows no test names (add `# readme: TABLE / ROW` to the test): {missing}"

@@ -34,6 +34,8 @@ print(json.dumps({{"child": child_view, "parent_reads": os.read(fd, 3).decode(),
     ("", True, False, "567"),                                 # control: a dup() shares it too
 ])
 def test_reopen_gives_the_child_its_own_offset(tmp_path, policy, use_dup, unlink, parent_reads):
+    # readme: inherited resources / share
+    # readme: inherited resources / reopen
     code = OFFSETS.format(path=str(tmp_path / "data"), use_dup=use_dup, unlink=unlink).replace("POLICY", policy)
     out = run_json(FORK_HELPER + code)
     assert out["child"][0] == "234"
@@ -104,6 +106,7 @@ def roundtrip(sock, text):
 
 
 def test_close_closes_the_childs_descriptor_only():
+    # readme: inherited resources / close
     out = run_json(SERVER + '''
 forkguard.track(client, "close")
 child = in_child(lambda: [client.fileno(), roundtrip(client, "x") if client.fileno() >= 0 else None])
@@ -114,6 +117,8 @@ print(json.dumps({"child": child, "parent": roundtrip(client, "still here")}))
 
 
 def test_keep_lets_the_child_use_the_connection_and_reconnect_gives_it_its_own():
+    # readme: inherited resources / keep
+    # readme: inherited resources / reconnect=f
     out = run_json(SERVER + '''
 other = socket.create_connection(server.getsockname())
 forkguard.track(client, "keep")
