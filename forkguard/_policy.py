@@ -100,9 +100,16 @@ def _check_fork_mode(mode: str, *, timeout: float | None = None, on_timeout: str
 
 
 def fork_mode() -> dict[str, object]:
-    """The fork mode in force and its options, as plain data."""
+    """The fork mode in force and its options, as plain data.
+
+    ``kernel`` is ``{"deny_exec": bool}`` while the kernel rule of ``forkguard
+    run --fork-mode deny`` holds this process (the kernel is asked, not the
+    environment), else None; it outlasts any later ``set_fork_mode``.
+    """
+    from . import _seccomp
+
     return {"mode": _fork.mode, "timeout": _fork.timeout, "on_timeout": _fork.on_timeout,
-            "deny_exec": _fork.deny_exec}
+            "deny_exec": _fork.deny_exec, "kernel": _seccomp.active_rule()}
 
 
 def fork_warnings() -> int:
@@ -197,7 +204,10 @@ def _read_to_eof(fd: int, timeout: float | None) -> bool:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        if not poller.poll(None if remaining is None else remaining * 1000):
+        # poll() takes a C int of milliseconds: a longer timeout is waited in turns.
+        if not poller.poll(None if remaining is None else min(remaining * 1000, 2**31 - 1)):
+            if remaining is not None and remaining * 1000 > 2**31 - 1:
+                continue
             return False
         if not os.read(fd, 4096):
             return True
@@ -281,9 +291,14 @@ class EnvOption:
 
 
 def _parse_pdeathsig(raw: str) -> bool | int:
-    if raw.isdigit() and int(raw) > 1:
-        return int(raw)
-    return _env.parse_bool(raw)
+    """1/0 (true/false...) or a signal number in ASCII digits: str.isdigit() also accepts "²", which int() refuses."""
+    digits = raw.strip()
+    if digits.isascii() and digits.isdigit() and int(digits) > 1:
+        return int(digits)
+    try:
+        return _env.parse_bool(raw)
+    except ValueError:
+        raise ValueError("not 1 (SIGKILL), 0 or a signal number") from None
 
 
 ENV_OPTIONS = (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from .. import __version__
 
@@ -31,6 +31,13 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int: ...
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (the option and what is wrong) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _commands() -> list[Command]:
     from .check import CheckCommand
     from .doctor import DoctorCommand
@@ -42,7 +49,7 @@ def _commands() -> list[Command]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="forkguard",
         description="Make fork() safe and visible in Python programs. "
         "The runtime is a library: `import forkguard` (see README.md).",
@@ -52,15 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     for command in _commands():
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         command.prepare_parser(sub)
-        sub.set_defaults(_command=command)
+        sub.set_defaults(_command=command, _parser=sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``forkguard`` script; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     command = getattr(args, "_command", None)
+    if unknown:  # said by the subcommand, which knows its options
+        (parser if command is None else args._parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if command is None:
         parser.print_help(sys.stderr)
         return 2
