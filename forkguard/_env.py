@@ -85,38 +85,46 @@ def _read(name: str, parse, default):  # type: ignore[no-untyped-def]
 
 
 def running_forkguard_cli(argv: list[str] | None = None) -> bool:
-    """True in the process of the ``forkguard`` command itself (its script, or ``python [options] -m forkguard``).
-
-    Reads the interpreter's own command line, skipping its options (``-W error``,
-    ``-X dev``, ``-Im``...) the way the interpreter does.
-    """
+    """True in the process of the ``forkguard`` command itself (its script, or ``python [options] -m forkguard``)."""
     args = list(getattr(sys, "orig_argv", sys.argv) if argv is None else argv)
-    i = 1
+    _, (kind, target) = python_options(args[1:])
+    if kind == "module":
+        return target == "forkguard"
+    return kind == "script" and os.path.basename(target or "") == "forkguard"
+
+
+# CPython's short options that take a value (Modules/main.c, Python/getopt.c): the rest of
+# their argument, or the next one.
+_VALUE_OPTIONS = "cmWX"
+
+
+def python_options(args: list[str]) -> tuple[str, tuple[str, str | None]]:
+    """The option letters a CPython command line sets, and what it runs (``("script", path)``,
+    ``("module", name)``, ``("command", None)`` or ``("stdin", None)``), parsed as the interpreter does."""
+    letters = ""
+    i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "--check-hash-based-pycs":
-            i += 2
-            continue
-        if arg == "-" or not arg.startswith("-") or arg == "--":
+        if arg == "--" or arg == "-" or not arg.startswith("-"):
             script = args[i + 1] if arg == "--" and i + 1 < len(args) else arg
-            return os.path.basename(script) == "forkguard"
-        if arg.startswith("--"):  # --version, --help...
-            i += 1
+            return letters, ("stdin", None) if script in ("-", "--") else ("script", script)
+        if arg.startswith("--"):
+            i += 2 if arg == "--check-hash-based-pycs" else 1
             continue
-        letters = arg[1:]
-        for pos, letter in enumerate(letters):
-            rest = letters[pos + 1:]
-            if letter == "c":
-                return False
-            if letter == "m":
-                module = rest or (args[i + 1] if i + 1 < len(args) else "")
-                return module == "forkguard"
-            if letter in "WX":  # takes a value: the rest of this argument, or the next one
-                if not rest:
+        for pos, letter in enumerate(arg[1:], 1):
+            if letter in _VALUE_OPTIONS:
+                value = arg[pos + 1:] or (args[i + 1] if i + 1 < len(args) else "")
+                if letter == "c":
+                    return letters, ("command", None)
+                if letter == "m":
+                    return letters, ("module", value)
+                if not arg[pos + 1:]:
                     i += 1
                 break
+            letters += letter
         i += 1
-    return False
+    return letters, ("stdin", None)
+
 
 
 IN_CLI = running_forkguard_cli()

@@ -23,6 +23,7 @@ import os
 import struct
 from collections import namedtuple
 
+from ._env import python_options
 from ._hooks import STRICT_ENV
 
 AUTOLOAD_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_autoload")
@@ -33,8 +34,6 @@ BLOCKING_OPTIONS = {
     "E": "-E ignores PYTHONPATH",
     "S": "-S skips the site module, which imports sitecustomize",
 }
-# CPython's short options that take a value (Modules/main.c, Python/getopt.c).
-_VALUE_OPTIONS = "cmWX"
 _MAX_SCRIPT_DEPTH = 4  # the kernel follows at most this many #! interpreters (fs/exec.c)
 
 
@@ -101,33 +100,6 @@ def _as_script(inner: Launch, what: str, source: str) -> Launch:
     if inner.python is None:
         return Launch(inner.path, f"{what} whose interpreter is {inner.what}", None, (), None)
     return Launch(inner.path, what, inner.python, tuple((x, source) for x, _ in inner.options), inner.main)
-
-
-def python_options(args: list[str]) -> tuple[str, tuple[str, str | None]]:
-    """The option letters a CPython command line sets, and what it runs, parsed as the interpreter does."""
-    letters = ""
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--" or arg == "-" or not arg.startswith("-"):
-            script = args[i + 1] if arg == "--" and i + 1 < len(args) else arg
-            return letters, ("stdin", None) if script in ("-", "--") else ("script", script)
-        if arg.startswith("--"):
-            i += 2 if arg == "--check-hash-based-pycs" else 1
-            continue
-        for pos, letter in enumerate(arg[1:], 1):
-            if letter in _VALUE_OPTIONS:
-                value = arg[pos + 1:] or (args[i + 1] if i + 1 < len(args) else "")
-                if letter == "c":
-                    return letters, ("command", None)
-                if letter == "m":
-                    return letters, ("module", value)
-                if not arg[pos + 1:]:
-                    i += 1
-                break
-            letters += letter
-        i += 1
-    return letters, ("stdin", None)
 
 
 def _shebang(line: bytes) -> tuple[str, str]:
