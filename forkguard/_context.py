@@ -9,6 +9,10 @@ Hot path: each thread owns a list of counters (one slot per context name) that
 only that thread writes, so entering and leaving take no lock. The fork child
 sums the lists it inherited: its memory is the parent's exact state at the
 instant of ``fork()``, which no ``before`` hook running earlier could promise.
+
+Under gevent or eventlet (imported before forkguard), ``threading.local`` is
+per greenlet, so each greenlet counts for itself: a fork keeps the forking OS
+thread's greenlets, and the child keeps their counters with them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import _thread
 import itertools
 import weakref
+
+from ._process import native_ident
 
 # threading.local is _thread._local; importing threading itself would add its
 # own at-fork work to every fork of the process.
@@ -28,6 +34,7 @@ _indexes = itertools.count()
 # thread died inside a context, or it is a fork child's inherited copy) stays
 # until the sum has been taken.
 _thread_counts: dict[int, list[int]] = {}
+_os_thread_of: dict[int, int] = {}  # key -> the OS thread its (green) thread runs in
 _keys = itertools.count()
 # No lock anywhere: registration uses atomic dict operations and next() on a
 # counter, so nothing here can be left locked by a thread that a fork drops.
@@ -74,6 +81,7 @@ def _counts_for_this_thread(index: int) -> list[int]:
         counts = []
         key = next(_keys)
         token = _ThreadToken()
+        _os_thread_of[key] = native_ident()
         _thread_counts[key] = counts
         _local.counts, _local.key, _local.token = counts, key, token
         weakref.finalize(token, _forget_thread, key).atexit = False
@@ -86,6 +94,7 @@ def _forget_thread(key: int) -> None:
     counts = _thread_counts.get(key)
     if counts is not None and not any(counts):
         _thread_counts.pop(key, None)
+        _os_thread_of.pop(key, None)
 
 
 def active(name: str) -> ActiveContext:
@@ -119,17 +128,13 @@ def live_contexts() -> dict[str, int]:
     return {name: n for name, n in totals.items() if n > 0}
 
 
-def drop_inherited_threads() -> None:
+def drop_inherited_threads(survivor: int | None) -> None:
     """In a fork child: forget the counters of threads that did not survive the fork.
 
-    The forking thread's own counters stay: its ``with`` blocks are still open in
-    the child and will exit there.
+    The counters of ``survivor`` (the OS thread whose code goes on here, None if
+    none does) stay: its ``with`` blocks, and those of its greenlets, are still
+    open in the child and will exit there.
     """
-    if not _thread_counts:
-        return
-    mine = getattr(_local, "counts", None)
-    if mine is None:
-        _thread_counts.clear()
-    elif len(_thread_counts) > 1:
-        _thread_counts.clear()
-        _thread_counts[_local.key] = mine
+    for key in [key for key in _thread_counts if _os_thread_of.get(key) != survivor]:
+        del _thread_counts[key]
+        _os_thread_of.pop(key, None)

@@ -28,6 +28,11 @@ def warning(msg: str, *args: object) -> None:
     _emit(_WARNING, msg, args, with_traceback=False)
 
 
+def error(msg: str, *args: object) -> None:
+    """Log at ERROR on the ``forkguard`` logger, or to stderr."""
+    _emit(_ERROR, msg, args, with_traceback=False)
+
+
 def error_with_traceback(msg: str, *args: object) -> None:
     """Log at ERROR with the current exception's traceback (call from an ``except`` block)."""
     _emit(_ERROR, msg, args, with_traceback=True)

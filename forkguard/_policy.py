@@ -20,6 +20,7 @@ handler.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import signal
@@ -33,7 +34,6 @@ from ._hooks import registry
 FORK_MODES = ("allow", "warn", "deny", "wait_for_exit_exec")
 ON_TIMEOUT = ("warn", "kill")
 
-_real = {"fork": os.fork, "forkpty": os.forkpty}
 
 
 class _ForkPolicy:
@@ -49,6 +49,9 @@ class _ForkPolicy:
         self.exec_pipe: int | None = None  # in a waited-for child: its end of the parent's pipe
         self.pipe_hook = False
         self.saved_exec: dict[tuple[object, str], object] = {}
+        self.went_around = False  # the fork in progress went around the wrapper under 'deny' (see below)
+        self.in_wrapper: int | None = None  # the thread inside forkguard's fork wrapper (there can be two,
+        # one around gevent's fork and one inside it: the outer one acts)
 
 
 _fork = _ForkPolicy()
@@ -124,15 +127,27 @@ def refresh_wrappers() -> None:
     _install_exec_guards(_fork.deny_exec or _exitmode.recording())
 
 
+def _fork_targets() -> list[tuple[object, str]]:
+    """Where a fork can be asked for: os.fork and os.forkpty, and gevent's own reference to the real
+    ones (``gevent.os`` keeps them from its import on, and its patched os.fork calls those)."""
+    targets: list[tuple[object, str]] = [(os, "fork"), (os, "forkpty")]
+    gevent_os = sys.modules.get("gevent.os")
+    if gevent_os is not None:
+        targets += [(gevent_os, "_raw_fork"), (gevent_os, "_raw_forkpty")]
+    return [(owner, name) for owner, name in targets if hasattr(owner, name)]
+
+
 def _install_fork_wrappers(on: bool) -> None:
     # os.fork is replaced rather than hooked: an at-fork hook cannot stop a fork
     # (CPython only reports its exception) and is not told the child's pid.
-    for name, wrapper in (("fork", _guarded_fork), ("forkpty", _guarded_forkpty)):
-        current = getattr(os, name)
-        if on and current is _real[name]:
-            setattr(os, name, wrapper)
-        elif not on and current is wrapper:
-            setattr(os, name, _real[name])
+    # Whatever is there is wrapped (gevent's os.fork too), and put back as it was.
+    for owner, name in _fork_targets():
+        current = getattr(owner, name)
+        wrapped = getattr(current, "_forkguard_wraps", None)
+        if on and wrapped is None:
+            setattr(owner, name, _fork_wrapper(current, name))
+        elif not on and wrapped is not None:
+            setattr(owner, name, wrapped)
 
 
 def _denied(what: str) -> OSError:
@@ -140,24 +155,50 @@ def _denied(what: str) -> OSError:
                                   "forkguard.set_fork_mode('allow') or FORKGUARD_FORK_MODE=allow")
 
 
-def _guarded_fork() -> int:
-    """``os.fork`` under a ``deny`` or ``wait_for_exit_exec`` mode, or an exit mode that records children."""
-    if _fork.mode == "deny":
-        raise _denied("fork()")
-    pid = _fork_and_wait(_real["fork"]) if _fork.mode == "wait_for_exit_exec" else _real["fork"]()
-    if pid:
-        _exitmode.record_child(pid)
-    return pid  # type: ignore[no-any-return]
+# What a child made by a fork that went around 'deny' exits with, at once (EX_OSERR).
+DENIED_CHILD_STATUS = 71
 
 
-def _guarded_forkpty() -> tuple[int, int]:
-    """``os.forkpty`` under a ``deny`` or ``wait_for_exit_exec`` mode, or an exit mode that records children."""
-    if _fork.mode == "deny":
-        raise _denied("forkpty()")
-    result = _fork_and_wait(_real["forkpty"]) if _fork.mode == "wait_for_exit_exec" else _real["forkpty"]()
-    if result[0]:
-        _exitmode.record_child(result[0])
-    return result  # type: ignore[no-any-return]
+def deny_went_around() -> None:
+    """A fork reached os.fork's own hooks under 'deny': something replaced os.fork after the mode was set.
+
+    Said loudly, the fork's child ends at once, and what is there now is wrapped,
+    so that the next fork is refused as promised.
+    """
+    import traceback
+
+    _fork.went_around = True
+    _install_fork_wrappers(True)
+    package = os.path.dirname(__file__)
+    frames = [f for f in traceback.extract_stack() if not f.filename.startswith(package)]
+    _log.error("fork() under fork mode 'deny' went around forkguard's wrapper (os.fork was replaced after "
+               "set_fork_mode, by gevent's monkey.patch_all() for instance): its child is stopped at once with "
+               "status %d, and the replacement is wrapped now. Set the fork mode after patching. Called from:\n%s",
+               DENIED_CHILD_STATUS, "".join(traceback.format_list(frames)).rstrip())
+
+
+def _fork_wrapper(original, name: str):  # type: ignore[no-untyped-def]
+    """``original`` (a fork or forkpty) under ``deny`` or ``wait_for_exit_exec``, its children recorded for exit
+    modes. Nested wrappers (ours around gevent's fork around ours) act once, in the outermost."""
+    def fork():  # type: ignore[no-untyped-def]
+        me = _thread.get_ident()
+        if _fork.in_wrapper == me:
+            return original()
+        if _fork.mode == "deny":
+            raise _denied(f"{name.lstrip('_').replace('raw_', '')}()")
+        _fork.in_wrapper = me
+        try:
+            result = _fork_and_wait(original) if _fork.mode == "wait_for_exit_exec" else original()
+        finally:
+            _fork.in_wrapper = None  # in the child too: its own forks are wrapped again
+        pid = result if isinstance(result, int) else result[0]
+        if pid:
+            _exitmode.record_child(pid)
+        return result
+
+    fork.__name__ = fork.__qualname__ = name
+    fork._forkguard_wraps = original  # type: ignore[attr-defined]
+    return fork
 
 
 def _fork_and_wait(real_fork):  # type: ignore[no-untyped-def]

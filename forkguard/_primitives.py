@@ -10,8 +10,12 @@ The forking thread is the one thread that survives a fork. After ``os.fork()``
 its code goes on in the child, with its ``with`` blocks still open: what it
 held stays held there, so that its ``release()`` still matches. A
 multiprocessing child never returns to the code that forked it (it runs the
-target and exits), so there nothing stays held. Each primitive records who
-holds it, since the inherited lock's own state cannot be read safely.
+target and exits), so there nothing stays held. Each primitive records which
+OS thread holds it, since the inherited lock's own state cannot be read safely.
+
+Under gevent or eventlet the forking OS thread's greenlets all survive the fork,
+holding and waiting as before: a primitive keeps its inherited state (holders
+and waiting greenlets included) and gives back only what other OS threads held.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from types import GenericAlias
 
 from . import _process
 from ._env import check_seconds
-from ._process import _identity, _page
+from ._process import _identity, _page, native_ident
 
 TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type checkers read this as usual
 if TYPE_CHECKING:
@@ -49,13 +53,20 @@ class _PerProcess:
             with _process._remake_lock[0]:
                 if self._pid != _identity[0]:
                     # _inner before _pid: a reader that sees the new pid sees the new inner.
-                    self._inner = self._make(self._inner)
+                    if _process.greenlets_patched():
+                        self._inner = self._carry(self._inner, _process.fork_thread())
+                    else:
+                        self._inner = self._make(self._inner)
                     self._pid = _identity[0]
         return self._inner
 
     def _make(self, inherited):  # type: ignore[no-untyped-def]
         """A fresh inner primitive for this process; ``inherited`` is the parent's (None at creation)."""
         raise NotImplementedError
+
+    def _carry(self, inherited, fork_thread):  # type: ignore[no-untyped-def]
+        """Under greenlets: the inherited primitive, less what OS threads other than ``fork_thread`` held."""
+        return inherited
 
 
 _locks: weakref.WeakSet[Lock] = weakref.WeakSet()
@@ -78,7 +89,7 @@ class Lock(_PerProcess):
         _locks.add(self)  # for doctor: which thread holds which lock
 
     def _make(self, inherited):  # type: ignore[no-untyped-def]
-        lock = _thread.allocate_lock()
+        lock = _thread.allocate_lock()  # looked up now: a greenlet-aware lock once gevent or eventlet patched it
         if inherited is not None:
             if self._owner is not None and self._owner == _process.forker():
                 lock.acquire()  # the forking thread is still inside its `with lock:` in the child
@@ -86,12 +97,18 @@ class Lock(_PerProcess):
                 self._owner = None
         return lock
 
+    def _carry(self, inherited, fork_thread):  # type: ignore[no-untyped-def]
+        if self._owner is not None and self._owner != fork_thread:
+            self._owner = None
+            inherited.release()  # its holder was a thread that is gone; a waiting greenlet may take it
+        return inherited
+
     # acquire and release inline _current()'s fast path: they are the hot path.
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """As ``threading.Lock.acquire``."""
         inner = self._inner if _page[0] and self._pid == _identity[0] else self._current()
         if inner.acquire(blocking, timeout):
-            self._owner = _thread.get_ident()
+            self._owner = native_ident()
             return True
         return False
 
@@ -122,7 +139,12 @@ class RLock(_PerProcess):
         super().__init__()
 
     def _make(self, inherited):  # type: ignore[no-untyped-def]
-        lock = _thread.RLock()
+        if _process.greenlets_patched():
+            import threading
+
+            lock = threading.RLock()  # gevent's and eventlet's are greenlet-aware; the C one would block the hub
+        else:
+            lock = _thread.RLock()
         if inherited is not None:
             if self._owner is not None and self._owner == _process.forker():
                 # Held again at the same depth, owned by the forking thread
@@ -132,17 +154,24 @@ class RLock(_PerProcess):
                 self._owner, self._depth = None, 0
         return lock
 
+    def _carry(self, inherited, fork_thread):  # type: ignore[no-untyped-def]
+        if self._owner is not None and self._owner != fork_thread:
+            self._owner, self._depth = None, 0
+            inherited._release_save()  # every level its gone holder took
+        return inherited
+
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         inner = self._inner if _page[0] and self._pid == _identity[0] else self._current()
         if inner.acquire(blocking, timeout):
-            self._owner = _thread.get_ident()
+            self._owner = native_ident()
             self._depth += 1
             return True
         return False
 
     def release(self) -> None:
         inner = self._inner if _page[0] and self._pid == _identity[0] else self._current()
-        if self._owner == _thread.get_ident():  # otherwise inner.release() raises, and nothing changed
+        # Only its owner changes the depth (otherwise inner.release() raises, and nothing changed).
+        if self._owner == native_ident() and inner._is_owned():
             self._depth -= 1
             if not self._depth:
                 self._owner = None
@@ -161,7 +190,7 @@ class RLock(_PerProcess):
     def _acquire_restore(self, state: tuple[object, int]) -> None:
         inner_state, depth = state
         self._current()._acquire_restore(inner_state)
-        self._owner, self._depth = _thread.get_ident(), depth
+        self._owner, self._depth = native_ident(), depth
 
     __enter__ = acquire
 
@@ -268,16 +297,23 @@ class Semaphore(_PerProcess):
         self._held = {forker: held} if held else {}
         return semaphore
 
+    def _carry(self, inherited, fork_thread):  # type: ignore[no-untyped-def]
+        gone = sum(n for ident, n in self._held.items() if ident != fork_thread)
+        for _ in range(gone):  # the permits of threads that are gone come back (one at a time: gevent's
+            inherited.release()  # Semaphore.release takes no count)
+        self._held = {ident: n for ident, n in self._held.items() if ident == fork_thread}
+        return inherited
+
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         if self._current().acquire(blocking, timeout):
-            me = _thread.get_ident()
+            me = native_ident()
             self._held[me] = self._held.get(me, 0) + 1
             return True
         return False
 
     def release(self, n: int = 1) -> None:
         self._current().release(n)
-        me = _thread.get_ident()
+        me = native_ident()
         held = self._held.get(me)
         if held:  # a release by a thread that took no permit (signalling) changes no holder
             if held > n:
@@ -459,21 +495,40 @@ def _services_setup() -> None:
     import threading  # noqa: F401 (must register its own after-fork step before ours, below)
 
     from ._hooks import registry
-    from ._runtime import _state
+    from ._runtime import _state, made_by_gevent
 
     _services = weakref.WeakSet()
     # threading is imported by now, so its own after-fork step is registered
     # already and this hook runs after it: a thread started before that step
     # would be marked stopped by threading._after_fork.
-    os.register_at_fork(after_in_child=_restart_services)
-    # A libc fork runs no CPython hook: restart from forkguard's child step.
-    registry.add({"after_in_child": lambda: _state[1] == "check_fork" and _restart_services()}, priority=0)
+    os.register_at_fork(after_in_child=_restart_services_at_fork)
+    # A libc fork runs no CPython hook, and gevent's fork re-creates its hub
+    # after the hooks: restart from forkguard's child step, which runs then.
+    registry.add({"after_in_child": lambda: (_state[1] == "check_fork" or made_by_gevent()) and _restart_services()},
+                 priority=0)
     atexit.register(_stop_services)
 
 
+def _restart_services_at_fork() -> None:
+    from ._runtime import waiting_for_gevent
+
+    if not waiting_for_gevent():  # else forkguard's child step restarts them once gevent's hub is back
+        _restart_services()
+
+
 def _restart_services() -> None:
+    greenlets = _process.greenlets_patched()
     for service in list(_services):
         if service._wanted:
+            if greenlets and service._stopping is not None and service._pid != _identity[0]:
+                # Its thread is a greenlet, and greenlets survive a fork: tell it to end
+                # (threads do not survive, and their Event may hold a lock of a gone thread).
+                # gevent's after-fork hook took it out of threading._active; back in, so
+                # that the thread's own _delete() at its end does not raise KeyError.
+                import threading
+
+                threading._active.setdefault(service._thread.ident, service._thread)
+                service._stopping.set()
             service._start_here()
 
 

@@ -26,6 +26,35 @@ TYPE_CHECKING = False  # the typing machinery costs milliseconds at import; type
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+def _native_get_ident() -> Callable[[], int]:
+    """CPython's own ``_thread.get_ident``: which OS thread runs.
+
+    gevent and eventlet replace ``_thread.get_ident`` with one that names the
+    running greenlet; forkguard asks which OS thread holds what, since a fork
+    keeps exactly one OS thread and every greenlet in it.
+    """
+    current = _thread.get_ident
+    if type(current) is type(len):  # the builtin: nothing patched it (yet)
+        return current
+    monkey, patcher = sys.modules.get("gevent.monkey"), sys.modules.get("eventlet.patcher")
+    try:
+        if monkey is not None:
+            return monkey.get_original("_thread", "get_ident")  # type: ignore[no-any-return]
+        if patcher is not None:
+            return patcher.original("_thread").get_ident  # type: ignore[no-any-return]
+    except Exception:  # a patcher we cannot ask: fall back to what is there
+        pass
+    return current
+
+
+native_ident = _native_get_ident()
+
+
+def greenlets_patched() -> bool:
+    """Whether gevent or eventlet has patched threads into greenlets (in this process, now)."""
+    return _thread.get_ident is not native_ident
+
+
 # include/uapi/asm-generic/mman-common.h; Python 3.11's mmap module lacks the name.
 MADV_WIPEONFORK = 18
 
@@ -70,12 +99,15 @@ _page: mmap.mmap | _GetpidMarker = _wiped if _wiped is not None else _GetpidMark
 # ``_identity[0]``, the cheapest read Python has for a value that changes.
 _identity = [os.getpid()]
 _parent_pid: int | None = None  # the process this one was forked from, once a fork is seen
-# In a child: the ident of the thread whose code goes on after the fork, and so
-# whose ``with`` blocks are still open here (a lock it held stays held). None in
+# In a child: the (OS) thread ident of the thread whose code goes on after the
+# fork, and so whose ``with`` blocks are still open here (a lock it held stays
+# held; under gevent or eventlet, so does one any of its greenlets held). None in
 # the process that imported forkguard, in a multiprocessing child (it runs its
 # target and exits, never returning to the code that forked it), and when a
 # libc fork is first noticed by a thread started after it.
 _forker: list[int | None] = [None]
+# The OS thread that forked this process, whether or not its code goes on here.
+_fork_thread: list[int | None] = [None]
 # Serialises the first use of each forkguard primitive in a new process (two
 # threads must not each make their own copy); made anew with each identity.
 _remake_lock = [_thread.allocate_lock()]
@@ -96,11 +128,12 @@ def set_new_process_handler(handler: Callable[[str], None]) -> None:
     _handler = handler
 
 
-def _adopt(pid: int, forker: int | None) -> None:
+def _adopt(pid: int, fork_thread: int | None, resumes: bool) -> None:
     """Make ``pid`` this process's identity; the pid it replaces is its parent's."""
     global _parent_pid
     _parent_pid, _identity[0] = _identity[0], pid
-    _forker[0] = forker
+    _fork_thread[0] = fork_thread
+    _forker[0] = fork_thread if resumes else None
     _remake_lock[0] = _thread.allocate_lock()
     _page[0] = 1
 
@@ -114,7 +147,7 @@ def _new_process_detected() -> bool:
     # The thread that called fork() is the only one the kernel copied; in the
     # child its thread id is the new pid.
     is_forker = _thread.get_native_id() == pid
-    _adopt(pid, _thread.get_ident() if is_forker else None)
+    _adopt(pid, native_ident() if is_forker else None, True)
     _after_fork_in_cpython(is_forker)
     if _handler is not None:
         _handler("check_fork")
@@ -129,7 +162,7 @@ def adopt_after_os_fork() -> bool:
     """
     if _page[0]:
         return False
-    _adopt(os.getpid(), _thread.get_ident() if _resumes_forking_code[0] else None)
+    _adopt(os.getpid(), native_ident(), _resumes_forking_code[0])
     return True
 
 
@@ -175,7 +208,7 @@ def _after_fork_blocker(is_forker: bool) -> str | None:
     if not is_forker:
         return "check_fork() was first called by a thread started after the fork"
     threading = sys.modules.get("threading")
-    if threading is not None:
+    if threading is not None and not greenlets_patched():  # under greenlets, _active names greenlets
         # A thread started in the child already has a thread state that the
         # after-fork step would delete. pthread_kill(thread, 0) tells a live
         # thread from one that stayed in the parent, without releasing the GIL.
@@ -194,8 +227,13 @@ def _after_fork_blocker(is_forker: bool) -> str | None:
 
 
 def forker() -> int | None:
-    """Ident of the thread whose code continues after the fork in this child (see ``_forker``)."""
+    """OS thread ident of the thread whose code continues after the fork in this child (see ``_forker``)."""
     return _forker[0]
+
+
+def fork_thread() -> int | None:
+    """OS thread ident of the thread that forked this process (None in the first process, or unknown)."""
+    return _fork_thread[0]
 
 
 def check_fork() -> bool:

@@ -66,7 +66,8 @@ def _child_step(via: str) -> None:
     """
     if _context._thread_counts:
         live = _context.live_contexts()
-        _context.drop_inherited_threads()
+        _context.drop_inherited_threads(
+            _process.fork_thread() if _process.greenlets_patched() else _process.forker())
     else:
         live = _NO_CONTEXTS
     state = _state
@@ -74,13 +75,55 @@ def _child_step(via: str) -> None:
     state[1], state[2], state[3] = via, live, ()
     if registry.running_in is not None and registry.in_hook():
         return  # forked from inside a hook: no hook runs for this fork (see _before_fork)
+    if _gevent[0] and via == "os.fork":
+        # gevent's fork re-initialises its hub (and threadpool) only after the
+        # at-fork hooks: features' callbacks and child hooks wait for that (the
+        # reinit wrapper runs them; no application code runs in between).
+        _gevent[1] = live
+        return
+    _finish_child_step(live)
+
+
+def _finish_child_step(live: dict[str, int]) -> None:
+    """Apply features' fork policies and run the after_in_child hooks (the part that may use the hub)."""
     feature_error = None
     if _features._features:
-        state[3], feature_error = _features.apply_fork_policies(live)
+        _state[3], feature_error = _features.apply_fork_policies(live)
     if registry.after_in_child:
         registry.run("after_in_child")
     if feature_error is not None:
         registry.raise_if_strict(feature_error)
+
+
+# [gevent's fork_gevent is making the fork in progress (set in the parent, inherited),
+#  the live contexts of a child step that waits for gevent's reinit()].
+_gevent: list = [False, None]
+
+
+def waiting_for_gevent() -> bool:
+    """In a child made by gevent's fork: whether its hooks still wait for gevent's reinit()."""
+    return _gevent[1] is not None
+
+
+def made_by_gevent() -> bool:
+    """Whether gevent's fork made this process (its child step finished after gevent's reinit())."""
+    return bool(_gevent[0])
+
+
+def _wrap_gevent_reinit(gevent_os) -> None:  # type: ignore[no-untyped-def]
+    """Make ``gevent.os``'s ``reinit`` (what its fork calls in the child) finish forkguard's child step after it."""
+    original = gevent_os.reinit
+    if getattr(original, "_forkguard_wraps", None) is not None:
+        return
+
+    def reinit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        original(*args, **kwargs)
+        live, _gevent[1] = _gevent[1], None
+        if live is not None:
+            _finish_child_step(live)
+
+    reinit._forkguard_wraps = original  # type: ignore[attr-defined]
+    gevent_os.reinit = reinit
 
 
 # Whether stdout and stderr are flushed before every fork (set_flush_stdio).
@@ -95,25 +138,38 @@ def _before_fork() -> None:
         registry.count_nested_fork()
         _process._resumes_forking_code[0] = True
         return
-    _process._resumes_forking_code[0] = "multiprocessing.popen_fork" not in sys.modules or not _in_multiprocessing()
+    callers = _forking_callers() if "multiprocessing.popen_fork" in sys.modules or "gevent.os" in sys.modules else ()
+    _process._resumes_forking_code[0] = "multiprocessing" not in callers
+    _gevent[0] = "gevent" in callers
+    if _gevent[0]:
+        _wrap_gevent_reinit(sys.modules["gevent.os"])
+    if _policy._fork.mode == "deny":
+        _policy.deny_went_around()
     if registry.before:
         registry.run("before")
     if _flush_stdio[0]:
         _flush_standard_streams()
 
 
-def _in_multiprocessing() -> bool:
-    """Whether multiprocessing's fork start method is making this fork (its child never returns here)."""
-    try:
-        launch = sys.modules["multiprocessing.popen_fork"].Popen._launch.__code__
-    except (KeyError, AttributeError):
-        return False
+def _forking_callers() -> set[str]:
+    """Who is making this fork: "multiprocessing" (its child never returns to the forking code), "gevent"
+    (its fork re-initialises the hub in the child after the at-fork hooks)."""
+    codes = {}
+    popen_fork, gevent_os = sys.modules.get("multiprocessing.popen_fork"), sys.modules.get("gevent.os")
+    launch = getattr(getattr(popen_fork, "Popen", None), "_launch", None)
+    if launch is not None:
+        codes[launch.__code__] = "multiprocessing"
+    for name in ("fork_gevent", "forkpty_gevent"):
+        function = getattr(gevent_os, name, None)
+        if function is not None:
+            codes[function.__code__] = "gevent"
+    found = set()
     frame = sys._getframe(2)
     while frame is not None:
-        if frame.f_code is launch:
-            return True
+        if frame.f_code in codes:
+            found.add(codes[frame.f_code])
         frame = frame.f_back
-    return False
+    return found
 
 
 def _flush_standard_streams() -> None:
@@ -126,11 +182,14 @@ def _flush_standard_streams() -> None:
 
 
 def _after_fork_in_child() -> None:
+    if _policy._fork.went_around:
+        os._exit(_policy.DENIED_CHILD_STATUS)  # a fork under 'deny' that nothing could stop: this child ends now
     if _process.adopt_after_os_fork():
         _child_step("os.fork")
 
 
 def _after_fork_in_parent() -> None:
+    _policy._fork.went_around = False
     if registry.after_in_parent and not (registry.running_in is not None and registry.in_hook()):
         registry.run("after_in_parent")
 

@@ -197,11 +197,14 @@ def load(instructions: list[tuple[int, int, int, int]]) -> None:
 
 def active_rule() -> dict[str, bool] | None:
     """``{"deny_exec": bool}`` when forkguard's kernel rule holds in this process, else None: asked of the kernel
-    with two close() calls (os.close passes a C int, so PROBE_FD - 2**32 carries the same 32 bits)."""
+    with two close() calls (posix.close passes a C int, so PROBE_FD - 2**32 carries the same 32 bits; posix's,
+    not os's, which gevent replaces with one that checks the descriptor first)."""
+    import posix
+
     answers = []
     for level in (0, 1):
         try:
-            os.close(PROBE_FD + level - 2**32)
+            posix.close(PROBE_FD + level - 2**32)
         except OSError as exc:
             answers.append(exc.errno == PROBE_ERRNO)
         else:

@@ -155,7 +155,7 @@ def state():
             "hooks": len(_hooks.registry.hooks()), "tracked": len(forkguard.tracked()),
             "features": len(forkguard.features()), "preset": _resources._state.preset,
             "sigterm": repr(signal.getsignal(signal.SIGTERM)), "sigusr2": repr(signal.getsignal(signal.SIGUSR2)),
-            "os_fork": forkguard._policy._real["fork"] is __import__("os").fork}
+            "os_fork": getattr(__import__("os").fork, "_forkguard_wraps", None)}
 '''
 
 
