@@ -31,6 +31,13 @@ class Command(Protocol):
     def run(self, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int: ...
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the option and what it accepts), not the usage block first."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _commands() -> list[Command]:
     from .check import CheckCommand
     from .doctor import DoctorCommand
@@ -42,7 +49,7 @@ def _commands() -> list[Command]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree for every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="forkguard",
         description="Make fork() safe and visible in Python programs. "
         "The runtime is a library: `import forkguard` (see README.md).",
