@@ -32,10 +32,11 @@ ROUNDS_PER_STEP = 8  # rounds between doublings of the round size
 WARMUP_SHARE, RSS_SHARE = 0.1, 0.5  # of the budget: warm-up, then RSS and objects; the Python heap gets the rest
 MAX_ROUNDS = 2000  # per phase, a bound on the worker's bookkeeping
 MAX_GROWTH = 1 << 30  # stop measuring once RSS grew by this much (or a quarter of the available memory)
+ROUNDS_IN_CAP = 64  # a round may grow RSS by at most this share of that cap: a fast big leak still gets its rounds
 METRICS = ("rss_bytes", "objects", "traced_bytes")
 NAMES = {"rss_bytes": "RSS", "traced_bytes": "Python heap", "objects": "objects"}
-REFCOUNT_NOTE = ("objects are counted with gc.get_objects() (a release build): a reference leaked on a long-lived "
-                 "object (a C refcount leak) shows only on a debug build, with sys.gettotalrefcount()")
+REFCOUNT_NOTE = ("a release build counts objects with gc.get_objects(): a C refcount leak on a long-lived object "
+                 "shows only on a debug build (sys.gettotalrefcount)")
 
 
 @dataclass
@@ -231,7 +232,8 @@ class _Rounds:
         self.index = self.total = 0
         self.jitter = random.Random(0)  # round sizes vary so a cycle of the target never lines up with them
         self.cap = _growth_cap()
-        self.rss0 = _memory()[0]
+        self.rss0 = self.rss = _memory()[0]
+        self.max_calls = 1 << 62  # lowered for a target whose RSS grows fast: rounds must fit many times in the cap
         self.per_call = self._time_calls()
         self.overhead = 0.0
         # Measurements kept for the stopping rule, in preallocated arrays: appending to lists during the heap
@@ -270,7 +272,7 @@ class _Rounds:
         # The measuring (a full collection, counting objects) takes its share of the round first: it grows with
         # what a leaking target keeps, and calls squeezed in beside it keep the rounds many and short.
         calls_time = max(seconds - self.overhead, seconds / 4)
-        calls = max(1, round(calls_time / self.per_call * self.jitter.uniform(0.75, 1.25)))
+        calls = max(1, min(self.max_calls, round(calls_time / self.per_call * self.jitter.uniform(0.75, 1.25))))
         fn = self.fn
         began = time.perf_counter()
         for _ in range(calls):
@@ -283,6 +285,9 @@ class _Rounds:
         rss, peak = _memory()
         traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else None
         self.overhead = time.perf_counter() - began - took
+        if rss - self.rss > self.cap / ROUNDS_IN_CAP:
+            self.max_calls = max(1, int(self.cap / ROUNDS_IN_CAP / ((rss - self.rss) / calls)))
+        self.rss = rss
         if phase in self.measured:
             values, used = self.measured[phase]
             if used[0] < MAX_ROUNDS:
@@ -333,7 +338,8 @@ def worker(target: Target, options: dict[str, Any], channel) -> None:  # type: i
     fn = resolve(target)
     fn()  # imports and first-call caches are not leaks
     loop = _Rounds(fn, channel, budget)
-    while loop.elapsed() < budget * WARMUP_SHARE or loop.index < 2:
+    # Warm-up: a tenth of the budget, cut short when RSS already grew by a quarter of what the rounds may use.
+    while loop.index < 2 or (loop.elapsed() < budget * WARMUP_SHARE and loop.rss - loop.rss0 < loop.cap / 4):
         loop.run("warmup", loop.first_round())
     loop.freeze()
     types_before = Counter(type(o).__name__ for o in gc.get_objects())

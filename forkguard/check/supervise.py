@@ -45,14 +45,17 @@ os.register_at_fork(after_in_child=_forkguard_stack_hook)
 
 
 def python_command(module: str, function: str, config: dict[str, object]) -> list[str]:
-    """``python -I -c`` running ``module.function(config)`` with the standard library and site-packages first."""
+    """``python -I -B -c`` running ``module.function(config)``, the standard library and site-packages first.
+
+    -B: importing TARGET as root must not leave a root-owned __pycache__ in its directory.
+    """
     import forkguard
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(forkguard.__file__)))
     # PYTHONPATH (ignored by -I) is an explicit choice of whoever runs the check: kept, but after site-packages.
     explicit = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     path = list(dict.fromkeys([root, *explicit]))
-    return [sys.executable, "-I", "-c", _BOOT.format(module, function), json.dumps({**config, "path": path})]
+    return [sys.executable, "-I", "-B", "-c", _BOOT.format(module, function), json.dumps({**config, "path": path})]
 
 
 @dataclass

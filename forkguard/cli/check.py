@@ -491,8 +491,9 @@ def _leak_verdict(report) -> str:  # type: ignore[no-untyped-def]
     if report.verdict == "clean":
         return "clean: " + ", ".join(bounds) + " with 95% confidence"
     undecided = [NAMES[t.metric] for t in report.trends if t.verdict == "undecided"]
+    shown = f" ({', '.join(bounds)} with 95% confidence)" if bounds else ""
     return (f"inconclusive: no leak shown, but {', '.join(undecided)} not below the floor within "
-            f"{report.budget:g} s ({', '.join(bounds)} with 95% confidence): give it more --budget")
+            f"{report.budget:g} s{shown}: give it more --budget")
 
 
 def _plot(report, fmt: str) -> bytes:  # type: ignore[no-untyped-def]
