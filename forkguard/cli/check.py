@@ -235,7 +235,11 @@ class CheckCommand:
             lines += [f"  {frame}" for frame in report.python_stack] or ["  (none printed)"]
             lines += ["", "native stack (gdb, second run):"]
             lines += [f"  {frame}" for frame in report.native_stack] or [f"  {report.native_note or '(none)'}"]
-        lines += _output_lines(report.output) + _left_lines(report.left_running)
+        # A crash's stderr is mostly faulthandler's dump, shown above: only its size then.
+        output = report.output
+        if report.crashed:
+            output = {**output, "stderr": {**output["stderr"], "tail": []}}
+        lines += _output_lines(output) + _left_lines(report.left_running)
         print("\n".join(lines))
         return 1 if report.found else 0
 
@@ -339,7 +343,8 @@ def _output_lines(output: dict[str, Any]) -> list[str]:
     for stream in ("stdout", "stderr"):
         summary = output.get(stream) or {}
         if summary.get("bytes"):
-            lines.append(f"\n{stream}: {summary['lines']} line(s), {_bytes(summary['bytes'])}; the last:")
+            last = "; the last:" if summary["tail"] else ""
+            lines.append(f"\n{stream}: {summary['lines']} line(s), {_bytes(summary['bytes'])}{last}")
             lines += [f"  | {line}" for line in summary["tail"][-5:]]
     return lines
 
@@ -413,10 +418,9 @@ def _bytes(n: float) -> str:
 
 
 def _per_call(metric: str, value: float) -> str:
-    """A growth per call with its unit: bytes with two significant digits below 10, objects as a count."""
-    if metric == "objects":
-        return f"{value:.3g} objects"
-    return f"{value:.2g} B" if abs(value) < 10 else f"{value:,.1f} B"
+    """A growth per call with its unit: two significant digits below 10, nothing below a thousandth."""
+    text = "0" if abs(value) < 0.001 else f"{value:.2g}" if abs(value) < 10 else f"{value:,.1f}"
+    return f"{text} objects" if metric == "objects" else f"{text} B"
 
 
 def _verdict_text(trend) -> str:  # type: ignore[no-untyped-def]
@@ -425,7 +429,10 @@ def _verdict_text(trend) -> str:  # type: ignore[no-untyped-def]
     if trend.verdict == "leak":
         return "LEAK"
     if trend.verdict == "clean":
-        return "clean: no growth" if trend.high <= 0 else f"clean: < {_per_call(trend.metric, trend.high)}{unit}"
+        if trend.high <= 0:
+            return "clean: no growth"
+        bound = f"< {_per_call(trend.metric, max(trend.high, 0.001))}{unit}"
+        return f"clean: {bound}" if trend.low <= 0 else f"grows, below the floor: {bound}"
     return "undecided" + (f" (floor {_per_call(trend.metric, trend.floor)}{unit})" if trend.floor else "")
 
 
@@ -486,7 +493,8 @@ def _leak_verdict(report) -> str:  # type: ignore[no-untyped-def]
         if trends["rss_bytes"].leaking and trends["traced_bytes"].verdict == "clean":
             where = "\n(native memory: the Python heap does not grow)"
         return "LEAK: " + "; ".join(parts) + where
-    bounds = [f"{NAMES[t.metric]}: no growth" if t.high <= 0 else f"{NAMES[t.metric]} < {_per_call(t.metric, t.high)}"
+    bounds = [f"{NAMES[t.metric]}: no growth" if t.high <= 0 else
+              f"{NAMES[t.metric]} < {_per_call(t.metric, max(t.high, 0.001))}"
               + ("/call" if t.metric != "objects" else " per call") for t in report.trends if t.high is not None]
     if report.verdict == "clean":
         return "clean: " + ", ".join(bounds) + " with 95% confidence"
