@@ -64,6 +64,9 @@ def crash_later():
     _calls[0] += 1
     if _calls[0] > 20000:
         lib.crash_here()
+def crash_in_thread():
+    if threading.current_thread() is not threading.main_thread():
+        lib.crash_here()
 def hang_later():
     _calls[0] += 1
     if _calls[0] > 20000:
@@ -393,6 +396,20 @@ def test_fork_stress_guarded_target_kept_safe_by_the_late_fork_policy(targets: P
     report = check_json(targets, "fork", "targets:guarded", "--forks", "4", "--timeout", "1", expect=0)
     assert report["late"]["clean"] == 4 and report["late"]["disabled_features"] == ["native"]
     assert report["early"]["clean"] == 4 and report["early"]["disabled_features"] == []
+
+
+def test_fork_stress_worker_killed_by_the_target_is_a_finding(targets: Path) -> None:
+    report = check_json(targets, "fork", "targets:crash_in_thread", "--forks", "2", expect=1)
+    assert report["crash"]["signal"] == "SIGSEGV" and report["early"]["clean"] == 2
+    assert any("in crash_in_thread" in frame for frame in report["crash"]["python_stack"])
+
+
+def test_hang_check_kills_what_a_finished_command_left_running(targets: Path, tmp_path: Path) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    report = check_json(targets, "hang", "--timeout", "20", "--", "sh", "-c", f"setsid sleep 300 & echo $! > {pidfile}",
+                        expect=0)
+    daemon = int(pidfile.read_text())
+    assert not report["hung"] and report["left_running"] == [daemon] and not running(daemon)
 
 
 def test_fork_stress_counts_crashes_by_signal(targets: Path) -> None:

@@ -81,7 +81,8 @@ def check_command(command: list[str], check: str) -> None:
         raise CheckError(f"{command[0]!r}: command not found (forkguard check {check} -- COMMAND [ARGS...])")
 
 
-def _user(user: str | None):  # type: ignore[no-untyped-def]
+def user_option(user: str | None):  # type: ignore[no-untyped-def]
+    """The RunAs for ``--user``, or None; UserError (one line) for an unknown user."""
     from .._user import lookup_user
 
     return None if user is None else lookup_user(user)
@@ -91,12 +92,12 @@ def crash(command: list[str], timeout: float = 300.0, user: str | None = None) -
     """Run ``command``; when a signal kills it, report the signal and both stacks (a hang past ``timeout`` too)."""
     check_command(command, "crash")
     timeout = seconds(timeout, "timeout")
-    run_as = _user(user)
+    run_as = user_option(user)
     start = time.monotonic()
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     with Supervised(command, env=env, run_as=run_as, stacks=True, hook=True) as run:
         code = run.wait(timeout)
-        hang = _hang_report(run, command, start, timeout, run_as) if code is None else None
+        hang = hang_report(run, command, start, timeout, run_as) if code is None else None
         left = run.close() if hang is None else hang.left_running
     report = CrashReport(command, code is not None and code < 0, code,
                          signal.Signals(-code).name if code is not None and code < 0 else None,
@@ -135,18 +136,18 @@ def hang(command: list[str], timeout: float = 30.0, user: str | None = None) -> 
     """Run ``command``; if it still runs after ``timeout`` s, take the stacks of all its processes and kill them."""
     check_command(command, "hang")
     timeout = seconds(timeout, "timeout")
-    run_as = _user(user)
+    run_as = user_option(user)
     start = time.monotonic()
     with Supervised(command, run_as=run_as, stacks=True, hook=True) as run:
         code = run.wait(timeout)
         if code is None:
-            return _hang_report(run, command, start, timeout, run_as)
+            return hang_report(run, command, start, timeout, run_as)
         left = run.close()
     return HangReport(command, False, code, time.monotonic() - start, timeout, user=run_as and run_as.name,
                       output={"stdout": run.stdout.summary(), "stderr": run.stderr.summary()}, left_running=left)
 
 
-def _hang_report(run: Supervised, command: list[str], start: float, timeout: float, run_as,  # type: ignore[no-untyped-def]
+def hang_report(run: Supervised, command: list[str], start: float, timeout: float, run_as,  # type: ignore[no-untyped-def]
                  native: bool = True) -> HangReport:
     """Stacks of every process of a command that outlived ``timeout``, then the tree killed."""
     processes = run.take_stacks(native=native)

@@ -56,10 +56,12 @@ class ForkReport:
     late: KindResult
     parent_hang: dict[str, Any] | None = None  # the worker's own fork() did not return: where it is stuck
     output: dict[str, Any] = field(default_factory=dict)
+    crash: dict[str, Any] | None = None  # the worker itself was killed by a signal (the target's busy thread)
 
     @property
     def safe(self) -> bool:
-        return self.parent_hang is None and all(k.clean == k.forks for k in (self.early, self.late))
+        return (self.parent_hang is None and self.crash is None
+                and all(k.clean == k.forks for k in (self.early, self.late)))
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "safe": self.safe}
@@ -74,7 +76,7 @@ def fork_stress(target: str, forks: int = 10, timeout: float = 5.0) -> ForkRepor
     timeout = seconds(timeout, "timeout")
     start = time.monotonic()
     results = {"early": KindResult("early", forks), "late": KindResult("late", forks)}
-    parent_hang = None
+    parent_hang = crash = None
     run = worker.start("fork", parsed, {"forks": forks, "timeout": timeout})
     try:
         deadline, waiting = time.monotonic() + STARTUP + timeout, ("start", "", 0)
@@ -101,11 +103,13 @@ def fork_stress(target: str, forks: int = 10, timeout: float = 5.0) -> ForkRepor
                 if kind == "report" and "child" in message:
                     _count(results[message["child"]], message)
                 done = done or (kind == "report" and "done" in message)
-        if not done:
-            if run.exit_code is not None:
-                raise CheckError(f"the worker running {target} ended with status {run.exit_code} "
-                                 f"({_describe(run.exit_code)}) after {results['early'].done} early and "
-                                 f"{results['late'].done} late forks: {run.stderr.text().strip()[-300:]}")
+        if not done and run.exit_code is not None and run.exit_code < 0:
+            crash = worker.crashed(run)
+        elif not done and run.exit_code is not None:
+            raise CheckError(f"the worker running {target} ended with status {run.exit_code} after "
+                             f"{results['early'].done} early and {results['late'].done} late forks: "
+                             f"{run.stderr.text().strip()[-300:]}")
+        elif not done:
             stacks = run.take_stacks()
             handler = next((p.fork_handler for p in stacks if p.fork_handler), None)
             parent_hang = {"waiting_for": waiting[0], "kind": waiting[1], "index": waiting[2], "timeout": timeout,
@@ -113,11 +117,7 @@ def fork_stress(target: str, forks: int = 10, timeout: float = 5.0) -> ForkRepor
     finally:
         run.close()
     return ForkReport(target, forks, timeout, time.monotonic() - start, results["early"], results["late"],
-                      parent_hang, {"stdout": run.stdout.summary(), "stderr": run.stderr.summary()})
-
-
-def _describe(code: int) -> str:
-    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+                      parent_hang, {"stdout": run.stdout.summary(), "stderr": run.stderr.summary()}, crash)
 
 
 def _count(result: KindResult, message: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .crash import HangReport, _hang_report, _user, check_command
+from .crash import HangReport, check_command, hang_report, user_option
 from .options import seconds
 from .supervise import Supervised
 
@@ -80,7 +80,7 @@ def valgrind(command: list[str], timeout: float = 900.0, user: str | None = None
         raise CheckError("valgrind is not installed: apt-get install valgrind (or your system's package)")
     check_command(command, "valgrind")
     timeout = seconds(timeout, "timeout")
-    run_as = _user(user)
+    run_as = user_option(user)
     start = time.monotonic()
     with tempfile.TemporaryFile() as xml_file:
         fd = xml_file.fileno()
@@ -91,7 +91,7 @@ def valgrind(command: list[str], timeout: float = 900.0, user: str | None = None
                         hook=True, pass_fds=(fd,)) as run:
             code = run.wait(timeout)
             if code is None:
-                hang = _hang_report(run, command, start, timeout, run_as, native=False)
+                hang = hang_report(run, command, start, timeout, run_as, native=False)
                 return ValgrindReport(command, None, time.monotonic() - start, [], 0, run_as and run_as.name,
                                       hang.output, hang)
         xml_file.seek(0)

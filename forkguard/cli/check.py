@@ -272,13 +272,15 @@ class CheckCommand:
                          f"{', '.join(kind.disabled_features) or '-'}{signals}")
         if report.parent_hang:
             lines += _parent_hang_lines(report.parent_hang)
+        if report.crash:
+            lines += _failure_lines(report.crash, None, "forks (in the thread calling it in the parent)")
         late = report.late
         if late.clean == late.forks and late.disabled_features:
             lines.append(f"\nlate forks were safe: the late-fork policy disabled {', '.join(late.disabled_features)}")
-        elif late.clean != late.forks and not report.parent_hang:
+        elif late.clean != late.forks and not (report.parent_hang or report.crash):
             lines.append("\nlate forks are NOT safe: wrap the native work in a forkguard.Feature context and check "
                          "feature.enabled before using it (see README, 'Contexts and features')")
-        if report.early.clean != report.early.forks and not report.parent_hang:
+        if report.early.clean != report.early.forks and not (report.parent_hang or report.crash):
             lines.append("early forks are NOT safe: the target fails in a child even with nothing live at the fork")
         lines += _output_lines(report.output)
         print("\n".join(lines))
