@@ -503,6 +503,19 @@ def test_memray_output_through_a_planted_symlink_is_refused(targets: Path, tmp_p
     assert victim.read_text() == "precious" and os.path.islink(sticky / "leaks.html")
 
 
+def test_memray_and_valgrind_runs_past_their_timeout_are_hangs(targets: Path) -> None:
+    pytest.importorskip("memray")
+    require_tool("valgrind")
+    report = check_json(targets, "memray", "targets:hang_later", "--calls", "30000", "--timeout", "3", "-o",
+                        "hung.html", expect=1)
+    assert report["hang"]["timeout"] == 3 and report["flamegraph"] is None and not (targets / "hung.html").exists()
+    assert any("in hang_later" in f for f in report["hang"]["processes"][0]["python_stack"])
+    report = check_json(targets, "valgrind", "--timeout", "3", "--", sys.executable, "-c",
+                        "import time; time.sleep(60)", expect=1)
+    assert report["hang"]["hung"] and report["losses"] == []
+    assert all(not running(p["pid"]) for p in report["hang"]["processes"])
+
+
 def test_memray_missing_is_one_clear_line(targets: Path, tmp_path: Path) -> None:
     (tmp_path / "memray.py").write_text("raise ImportError('memray is blocked for this test')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT), str(targets)])}

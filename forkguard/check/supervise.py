@@ -49,12 +49,16 @@ def python_command(module: str, function: str, config: dict[str, object]) -> lis
 
     -B: importing TARGET as root must not leave a root-owned __pycache__ in its directory.
     """
+    import site
+
     import forkguard
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(forkguard.__file__)))
-    # PYTHONPATH (ignored by -I) is an explicit choice of whoever runs the check: kept, but after site-packages.
+    # -I drops the user's site-packages and PYTHONPATH; both are the choice of whoever runs the check (not of
+    # whoever owns the directory it runs in), so they are kept, after the standard library and site-packages.
+    user_site = [site.getusersitepackages()] if site.ENABLE_USER_SITE else []
     explicit = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    path = list(dict.fromkeys([root, *explicit]))
+    path = list(dict.fromkeys([root, *user_site, *explicit]))
     return [sys.executable, "-I", "-B", "-c", _BOOT.format(module, function), json.dumps({**config, "path": path})]
 
 

@@ -54,7 +54,8 @@ class CheckCommand:
             "  forkguard check hang --timeout 10 -- python job.py\n"
             "  forkguard check fork mypkg.native:roundtrip --forks 20\n\n"
             "TARGET runs in a fresh interpreter (python -I): the standard library and site-packages come first,\n"
-            "then TARGET's directory (a file's own, or the current one for a module), then PYTHONPATH's entries.\n"
+            "then the user's site-packages and PYTHONPATH, then TARGET's directory (a file's own, or the current\n"
+            "one for a module).\n"
             "Exit status: 0 when the check finds nothing, 1 when it finds a leak, crash, hang or unsafe fork,\n"
             "2 when it cannot run (bad option or TARGET, missing tool)."
         )
