@@ -146,7 +146,7 @@ NOBODY = pwd.getpwnam("nobody")
 
 
 def test_c_leak_found_with_its_size_per_call(targets: Path) -> None:
-    report = check_json(targets, "leaks", "targets.py:c_leak", "--budget", "4", expect=1)
+    report = check_json(targets, "leaks", "targets.py:c_leak", "--budget", "8", expect=1)
     rss = trend(report, "rss_bytes")
     # 1024 B malloc'd per call: a 1040 B chunk with glibc's header
     assert rss["verdict"] == "leak" and 1000 <= rss["low"] <= rss["per_call"] <= rss["high"] <= 1100, rss
@@ -157,7 +157,7 @@ def test_c_leak_found_with_its_size_per_call(targets: Path) -> None:
 
 
 def test_python_leak_found_with_its_objects_and_line(targets: Path) -> None:
-    report = check_json(targets, "leaks", "targets:py_leak", "--budget", "6", expect=1)
+    report = check_json(targets, "leaks", "targets:py_leak", "--budget", "10", expect=1)
     objects = trend(report, "objects")
     assert objects["verdict"] == "leak" and 0.99 <= objects["per_call"] <= 1.01, objects   # one list per call
     heap = trend(report, "traced_bytes")
@@ -173,7 +173,7 @@ def test_python_leak_found_with_its_objects_and_line(targets: Path) -> None:
 ])
 def test_readme_examples_small_and_rare_leaks_found(target: str, verdict: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "forkguard", "check", "leaks", f"examples/leaky.py:{target}",
-                           "--budget", "6"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+                           "--budget", "10"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1 and re.search(verdict, proc.stdout), proc.stdout + proc.stderr
 
 
@@ -203,12 +203,12 @@ def test_a_round_that_never_ends_is_a_hang_with_stacks(targets: Path) -> None:
 
 
 def test_leaks_text_plot_json_and_sparklines(targets: Path) -> None:
-    proc = forkguard_check(targets, "leaks", "targets:py_leak", "--budget", "3", "--plot", "rounds.png")
+    proc = forkguard_check(targets, "leaks", "targets:py_leak", "--budget", "8", "--plot", "rounds.png")
     assert proc.returncode == 1, proc.stderr
     assert re.search(r"^verdict: LEAK: .*objects \+1/call \(95%: 1 to 1\)", proc.stdout, re.M), proc.stdout
     assert re.search(r"^RSS +[▁▂▃▄▅▆▇█]{12,}", proc.stdout, re.M), proc.stdout   # sparklines even with --plot
     assert (targets / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    clean = forkguard_check(targets, "leaks", "targets.py:c_clean", "--budget", "3", "--plot", "clean.svg")
+    clean = forkguard_check(targets, "leaks", "targets.py:c_clean", "--budget", "8", "--plot", "clean.svg")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert re.search(r"verdict: clean: RSS(: no growth| < \S+ B/call), objects.* with 95% confidence", clean.stdout)
     svg = (targets / "clean.svg").read_text()
@@ -527,6 +527,6 @@ def test_memray_missing_is_one_clear_line(targets: Path, tmp_path: Path) -> None
 
 
 def test_script_target_runs_as_main_on_each_call(targets: Path) -> None:
-    report = check_json(targets, "leaks", "vg_leak.py", "--budget", "3", expect=1)
+    report = check_json(targets, "leaks", "vg_leak.py", "--budget", "6", expect=1)
     rss = trend(report, "rss_bytes")
     assert rss["verdict"] == "leak" and 4 * 1024 <= rss["per_call"] <= 6.5 * 1024, rss   # five 1 KiB leaks a run

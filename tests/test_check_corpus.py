@@ -87,7 +87,8 @@ LEAKS = {
     "handler_per_call": ("objects", 3.0),        # the handler, its lock and its filters list
     "append_every_100": ("objects", 0.01),       # one list every 100 calls
 }
-BUDGET = 6.0
+BUDGET = 6.0  # a cap: a verdict ends a run sooner. Leaks get more room, so a loaded machine cannot hide one.
+LEAK_BUDGET = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +99,14 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "corpus.py"
 
 
-def run_all(corpus: Path, names: list[str]) -> list[tuple[str, LeakReport]]:
+def run_all(corpus: Path, names: list[str], budget: float) -> list[tuple[str, LeakReport]]:
     with ThreadPoolExecutor(max_workers=2) as pool:
-        reports = pool.map(lambda name: leaks(f"{corpus}:{name}", budget=BUDGET), names)
+        reports = pool.map(lambda name: leaks(f"{corpus}:{name}", budget=budget), names)
         return list(zip(names, reports, strict=True))
 
 
 def test_clean_corpus_three_runs_each_no_false_positive(corpus: Path) -> None:
-    results = run_all(corpus, CLEAN * 3)
+    results = run_all(corpus, CLEAN * 3, BUDGET)
     verdicts = {name: [r.verdict for n, r in results if n == name] for name in CLEAN}
     assert not any("leak" in v for v in verdicts.values()), verdicts      # zero false positives
     # and a verdict, nearly always: "clean: < N per call with 95% confidence" (else "inconclusive", never "leak")
@@ -117,7 +118,7 @@ def test_clean_corpus_three_runs_each_no_false_positive(corpus: Path) -> None:
 
 
 def test_leak_corpus_found_with_its_growth_per_call(corpus: Path) -> None:
-    for name, report in run_all(corpus, [*LEAKS, "c_refcount"]):
+    for name, report in run_all(corpus, [*LEAKS, "c_refcount"], LEAK_BUDGET):
         if name == "c_refcount":
             if hasattr(sys, "gettotalrefcount"):   # a debug build counts references: the leak is found
                 assert report.verdict == "leak" and report.trends[1].per_call == pytest.approx(1.0, rel=0.01)
