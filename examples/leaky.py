@@ -1,7 +1,8 @@
 """Targets for `forkguard check`: a small C library (compiled with gcc on first import) that leaks, crashes and
-deadlocks after fork, and two pure-Python functions, one leaking and one a bounded cache.
+deadlocks after fork, and pure-Python functions: leaking on every call or on every 100th, and a bounded cache.
 
     forkguard check leaks examples/leaky.py:leak_native
+    forkguard check leaks examples/leaky.py:leak_small      # 16 bytes a call
     forkguard check fork examples/leaky.py:unguarded
     python examples/leaky.py crash        # or: deadlock, leak (run through forkguard check crash/hang/valgrind)
 """
@@ -23,6 +24,7 @@ SOURCE = r"""
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 char *volatile last;
 void leak_512(void) { char *p = malloc(512); memset(p, 7, 512); last = p; }
+void leak_16(void) { char *p = malloc(16); memset(p, 7, 16); last = p; }
 void balanced(void) { char *p = malloc(512); memset(p, 7, 512); last = p; free(p); }
 void crash(void) { volatile int *p = 0; *p = 1; }
 void locked_work(void) { pthread_mutex_lock(&lock); usleep(20000); pthread_mutex_unlock(&lock); }
@@ -52,12 +54,22 @@ def leak_native() -> None:
     native.leak_512()
 
 
+def leak_small() -> None:
+    native.leak_16()
+
+
 def clean_native() -> None:
     native.balanced()
 
 
 def leak_python() -> None:
     _kept.append(bytearray(100))
+
+
+def leak_rare(calls: list[int] = [0]) -> None:  # noqa: B006 (a counter kept between calls)
+    calls[0] += 1
+    if calls[0] % 100 == 0:
+        _kept.append(bytearray(100))
 
 
 def cached(key: list[int] = [0]) -> str:  # noqa: B006 (a counter kept between calls)
