@@ -102,10 +102,18 @@ def _plan(path: str) -> tuple[str, str]:
 
 
 def _check_directory(path: str, directory: str) -> None:
+    """The directory exists and a file can be made in it: tried, since os.access() says yes to root even
+    on a read-only mount or in /proc."""
     if not os.path.isdir(directory):
         raise OutputError(f"cannot write {path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: directory {directory} is not writable")
+    probe = os.path.join(directory, f".forkguard-probe-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        os.unlink(probe)
+    except FileExistsError:
+        pass  # a probe of ours left by a killed run: the directory takes files
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: directory {directory} is not writable ({exc.strerror})") from None
 
 
 def _check_link_may_be_followed(path: str, link: str, info: os.stat_result) -> None:

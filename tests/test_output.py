@@ -130,3 +130,12 @@ def test_unwritable_directory_for_an_unprivileged_writer():
     assert proc.returncode != 0 and "is not writable" in proc.stderr
     assert not (tmp_path / "x").exists()
     tmp_path.rmdir()
+
+
+@needs_root
+@pytest.mark.parametrize("path", ["/proc/forkguard-out", "/sys/forkguard-out"])
+def test_directories_root_cannot_write_either_are_refused_before_any_work(path):
+    """os.access() says root may write there; creating a file says otherwise."""
+    with pytest.raises(OutputError, match="is not writable") as excinfo:
+        check_output(path)
+    assert "\n" not in str(excinfo.value)
